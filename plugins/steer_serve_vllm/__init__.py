@@ -1,0 +1,19 @@
+"""vLLM plugin entry points for steer-serve. The only package that touches vLLM internals.
+
+vLLM calls these in many processes, possibly more than once: they import lazily and are
+idempotent. All work lives in the named modules.
+"""
+
+
+def register_engine_plugin() -> None:
+    """`vllm.general_plugins`: patch the model runner (effective in worker processes)."""
+    from steer_serve_vllm.worker_patches import apply_worker_patches
+
+    apply_worker_patches()
+
+
+def make_endpoint_plugin():  # noqa: ANN201 - returns vLLM's EndpointPlugin protocol object
+    """`vllm.endpoint_plugins`: steering routes and request gateway in the API server."""
+    from steer_serve_vllm.api_plugin import SteerServeEndpointPlugin
+
+    return SteerServeEndpointPlugin()

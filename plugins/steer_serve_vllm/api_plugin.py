@@ -1,0 +1,95 @@
+"""vLLM endpoint plugin: the steering routes, the gateway middleware and their state.
+
+Loaded by vLLM's `vllm.endpoint_plugins` mechanism in the API server process only (opt-in via
+VLLM_PLUGINS, which `steer-serve serve` sets).
+"""
+
+from __future__ import annotations
+
+import logging
+from argparse import Namespace
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from steer_serve.model_shape import ModelShape
+from steer_serve.request_gateway import Rejection, RequestGateway
+from steer_serve.settings import Settings
+from steer_serve.steering_resolver import SteeringResolver
+from steer_serve.vector_library import VectorLibrary
+from steer_serve_vllm.api_middleware import SteeringMiddleware
+
+logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
+
+router = APIRouter(tags=["steering"])
+
+
+@dataclass
+class SteeringService:
+    """Everything the API side of steering needs, kept on `app.state.steer_serve`."""
+
+    settings: Settings
+    shape: ModelShape
+    library: VectorLibrary
+    gateway: RequestGateway
+    rejections: Counter = field(default_factory=Counter)
+
+    def count_rejection(self, rejection: Rejection) -> None:
+        self.rejections[rejection.status] += 1
+
+
+def _service(request: Request) -> SteeringService:
+    return request.app.state.steer_serve
+
+
+@router.get("/v1/steering/vectors")
+async def list_vectors(request: Request) -> dict[str, Any]:
+    """The vector library: name, layers, dim, per-layer norm, file sha256, metadata."""
+    return {"object": "list", "data": _service(request).library.describe()}
+
+
+@router.get("/v1/steering/vectors/{name}")
+async def get_vector(name: str, request: Request) -> Any:
+    try:
+        return _service(request).library.get(name).describe()
+    except KeyError as exc:
+        error = {"message": exc.args[0], "type": "NotFoundError", "param": "name", "code": 404}
+        return JSONResponse({"error": error}, status_code=404)
+
+
+def _share_vllm_log_handlers() -> None:
+    """Let the domain package's loggers ("steer_serve.*") print like vLLM's own."""
+    ours, theirs = logging.getLogger("steer_serve"), logging.getLogger("vllm")
+    if not ours.handlers:
+        for handler in theirs.handlers:
+            ours.addHandler(handler)
+        ours.setLevel(theirs.level)
+        ours.propagate = False
+
+
+class SteerServeEndpointPlugin:
+    name = "steer_serve_api"
+    required_tasks = ("generate",)
+
+    def attach_router(self, app: FastAPI) -> None:
+        app.include_router(router)
+        app.add_middleware(SteeringMiddleware)
+
+    async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
+        if engine_client is None:
+            return
+        text_config = engine_client.model_config.hf_text_config
+        shape = ModelShape(
+            model_id=engine_client.model_config.served_model_name,
+            hidden_size=text_config.hidden_size,
+            num_layers=text_config.num_hidden_layers,
+        )
+        _share_vllm_log_handlers()
+        settings = Settings()
+        library = VectorLibrary.load_dir(settings.vector_dir, shape)
+        gateway = RequestGateway(SteeringResolver(shape, library, settings))
+        state.steer_serve = SteeringService(settings, shape, library, gateway)
+        logger.info("steer-serve: API ready for %s (%d vectors)", shape, len(library.describe()))

@@ -1,0 +1,121 @@
+"""Per-worker steering state: persistent tables, the token->row index, request bookkeeping.
+
+Legend: L = decoder layers, S = slots (slot 0 = no steering), D = hidden size,
+T = tokens in the step (padded to the compiled/captured size), R = 2*S table rows.
+Row 2*s + phase holds slot s's addition for prompt tokens (phase 0) or generated tokens
+(phase 1), so one index per token selects both the configuration and the position phase.
+
+Everything the forward pass reads is allocated once and mutated in place: the compiled graph
+(torch.compile, CUDA graphs) keeps the same tensor objects and only sees new contents.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from steer_serve import wire_format
+from steer_serve.resolved_steering import ResolvedSteering
+from steer_serve_vllm.slot_allocator import SlotAllocator
+
+logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
+
+_PHASES = {"all": (0, 1), "prompt": (0,), "generated": (1,)}
+
+
+class SteeringRuntime:
+    def __init__(
+        self, num_layers: int, hidden_size: int, max_reqs: int, max_tokens: int, device: torch.device, dtype: torch.dtype
+    ) -> None:
+        self.num_layers = num_layers
+        self.slots = SlotAllocator(max_reqs)
+        num_rows = 2 * (max_reqs + 1)
+        self.add_table = torch.zeros(num_layers, num_rows, hidden_size, device=device, dtype=dtype)  # [L, R, D]
+        self.token_rows = torch.zeros(max_tokens, dtype=torch.long, device=device)  # [T_max]
+        pin = device.type == "cuda"
+        self._token_rows_cpu = torch.zeros(max_tokens, dtype=torch.long, pin_memory=pin)  # [T_max]
+        self._rows_written = 0  # high-water mark of non-zero entries in token_rows
+        self._request_fingerprint: dict[str, str] = {}
+        self._configs: dict[str, tuple[ResolvedSteering, int]] = {}  # fingerprint -> (steering, live requests)
+
+    # ---- request lifecycle -------------------------------------------------------------
+    def add_request(self, req_id: str, extra_args: dict | None) -> None:
+        payload = (extra_args or {}).get(wire_format.EXTRA_ARGS_KEY)
+        if payload is None:
+            return
+        try:
+            fingerprint, steering = wire_format.decode(payload)
+        except (ValueError, KeyError, TypeError) as exc:
+            # Only the API gateway writes this key, after validation; never raise in a worker.
+            logger.error("steer-serve: request %s has an unreadable payload (%s); left unsteered", req_id, exc)
+            return
+        old = self._configs.get(fingerprint)
+        self._configs[fingerprint] = (steering, (old[1] if old else 0) + 1)
+        self._request_fingerprint[req_id] = fingerprint
+
+    def remove_request(self, req_id: str) -> None:
+        fingerprint = self._request_fingerprint.pop(req_id, None)
+        if fingerprint is None:
+            return
+        steering, live = self._configs[fingerprint]
+        if live > 1:
+            self._configs[fingerprint] = (steering, live - 1)
+            return
+        del self._configs[fingerprint]
+        self.slots.forget(fingerprint)
+
+    @property
+    def num_live_requests(self) -> int:
+        return len(self._request_fingerprint)
+
+    # ---- per step ----------------------------------------------------------------------
+    def prepare_step(
+        self, req_ids: list[str], num_scheduled: np.ndarray, num_computed: np.ndarray, num_prompt: np.ndarray
+    ) -> None:
+        """Fill token_rows for this step's tokens, in the forward's token order."""
+        fingerprints = [self._request_fingerprint.get(req_id) for req_id in req_ids]
+        if not any(fingerprints):
+            self._write_rows(None, 0)
+            return
+        slot_of = self._assign_slots([fp for fp in fingerprints if fp is not None])
+        slot = np.array([slot_of[fp] if fp else 0 for fp in fingerprints], dtype=np.int64)  # [N]
+        req_index = np.repeat(np.arange(len(req_ids)), num_scheduled)  # [T]
+        first_token = np.cumsum(num_scheduled) - num_scheduled  # [N]
+        offset = np.arange(req_index.shape[0]) - first_token[req_index]  # [T]
+        position = num_computed[: len(req_ids)][req_index] + offset  # [T]
+        generated = position >= num_prompt[: len(req_ids)][req_index]  # [T]
+        self._write_rows(2 * slot[req_index] + generated, req_index.shape[0])
+
+    def _assign_slots(self, fingerprints: list[str]) -> dict[str, int]:
+        slot_of, loaded = self.slots.assign(fingerprints)
+        for fingerprint in loaded:
+            self._load_slot(slot_of[fingerprint], self._configs[fingerprint][0])
+        return slot_of
+
+    def _load_slot(self, slot: int, steering: ResolvedSteering) -> None:
+        rows = self.add_table[:, 2 * slot : 2 * slot + 2]  # [L, 2, D]
+        rows.zero_()
+        for add in steering.additions:
+            if not 0 <= add.layer < self.num_layers:
+                continue  # validated in the API process; never raise here
+            vector = torch.from_numpy(add.vector).to(rows.device, rows.dtype)  # [D]
+            for phase in _PHASES[add.positions]:
+                rows[add.layer, phase] += vector
+
+    def _write_rows(self, rows: np.ndarray | None, num_tokens: int) -> None:
+        span = max(num_tokens, self._rows_written)
+        if span == 0:
+            return
+        cpu = self._token_rows_cpu
+        if rows is not None:
+            cpu[:num_tokens] = torch.from_numpy(rows)
+        cpu[num_tokens:span] = 0
+        self.token_rows[:span].copy_(cpu[:span], non_blocking=True)
+        self._rows_written = num_tokens
+
+    # ---- forward ---------------------------------------------------------------------
+    def layer_delta(self, layer: int, num_tokens: int) -> torch.Tensor:
+        """The addition for every token of the step at `layer`: [T, D]."""
+        return self.add_table[layer].index_select(0, self.token_rows[:num_tokens])

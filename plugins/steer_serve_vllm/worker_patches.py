@@ -1,0 +1,142 @@
+"""Patches applied in worker processes: wrap four model-runner methods of vLLM 0.32.
+
+The ledger below is the single list of vLLM symbols we touch on the engine side. Each wrapper
+calls the original first and adds our bookkeeping after it; none changes vLLM's behaviour for
+requests without steering beyond one cheap index copy per step.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from steer_serve_vllm.layer_hooks import find_decoder_layers, install_layer_hooks
+from steer_serve_vllm.steering_runtime import SteeringRuntime
+
+logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
+
+_RUNTIME_ATTR = "_steer_serve_runtime"
+
+
+@dataclass(frozen=True)
+class PatchRecord:
+    symbol: str
+    why: str
+    drop_when: str
+
+
+LEDGER = (
+    PatchRecord(
+        "vllm.v1.worker.gpu_model_runner.GPUModelRunner.load_model",
+        "allocate steering tables and install decoder-layer hooks after weights load and before "
+        "the warm-up/compile run traces the model (later hooks are ignored under torch.compile)",
+        "vLLM offers a post-load model hook for plugins",
+    ),
+    PatchRecord(
+        "vllm.v1.worker.cpu_model_runner.CPUModelRunner.load_model",
+        "same as GPUModelRunner.load_model: the CPU runner overrides it without calling super()",
+        "as above",
+    ),
+    PatchRecord(
+        "vllm.v1.worker.gpu_model_runner.GPUModelRunner._update_states",
+        "register new requests' steering payload (SamplingParams.extra_args) when they first arrive",
+        "vLLM exposes per-request hooks to plugins",
+    ),
+    PatchRecord(
+        "vllm.v1.worker.gpu_model_runner.GPUModelRunner._on_request_state_removed",
+        "release a finished request's steering slot (vLLM's own hook point for request-scoped caches)",
+        "never: this is the intended extension point; we only chain onto it",
+    ),
+    PatchRecord(
+        "vllm.v1.worker.gpu_model_runner.GPUModelRunner._prepare_inputs",
+        "build the token->table-row index in the forward's final token order each step",
+        "vLLM exposes per-step token metadata to plugins (as it does for LoRA's token mapping)",
+    ),
+)
+
+
+def apply_worker_patches() -> None:
+    """Idempotent: vLLM may load general plugins several times in one process."""
+    from vllm.v1.worker import gpu_model_runner
+
+    runner_cls = gpu_model_runner.GPUModelRunner
+    if getattr(runner_cls, "_steer_serve_patched", False):
+        return
+    _wrap(runner_cls, "load_model", _after_load_model)
+    try:
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+    except ImportError:  # CUDA wheel without the CPU runner
+        CPUModelRunner = None
+    if CPUModelRunner is not None and "load_model" in vars(CPUModelRunner):
+        _wrap(CPUModelRunner, "load_model", _after_load_model)
+    _wrap(runner_cls, "_update_states", _after_update_states)
+    _wrap(runner_cls, "_on_request_state_removed", _after_request_removed)
+    _wrap(runner_cls, "_prepare_inputs", _after_prepare_inputs)
+    runner_cls._steer_serve_patched = True
+    logger.info("steer-serve: patched %d vLLM model-runner symbols", len(LEDGER))
+
+
+def _wrap(cls: type, name: str, after: Callable[..., None]) -> None:
+    original = vars(cls)[name]
+
+    @functools.wraps(original)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
+        after(self, *args, **kwargs)
+        return result
+
+    setattr(cls, name, wrapper)
+
+
+def runtime_of(runner: Any) -> SteeringRuntime | None:
+    return getattr(runner, _RUNTIME_ATTR, None)
+
+
+def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
+    if runtime_of(runner) is not None:
+        return
+    text_config = runner.model_config.hf_text_config
+    runtime = SteeringRuntime(
+        num_layers=text_config.num_hidden_layers,
+        hidden_size=text_config.hidden_size,
+        max_reqs=runner.max_num_reqs,
+        max_tokens=runner.max_num_tokens,
+        device=runner.device,
+        dtype=runner.model_config.dtype,
+    )
+    layers = find_decoder_layers(runner.get_model(), text_config.num_hidden_layers)
+    install_layer_hooks(layers, runtime)
+    setattr(runner, _RUNTIME_ATTR, runtime)
+    logger.info("steer-serve: hooks on %d decoder layers, %d slots", len(layers), runner.max_num_reqs)
+
+
+def _after_update_states(runner: Any, scheduler_output: Any) -> None:
+    runtime = runtime_of(runner)
+    if runtime is None:
+        return
+    for new_req in scheduler_output.scheduled_new_reqs:
+        params = new_req.sampling_params
+        if params is not None and params.extra_args:
+            runtime.add_request(new_req.req_id, params.extra_args)
+
+
+def _after_request_removed(runner: Any, req_id: str, req_state: Any) -> None:
+    runtime = runtime_of(runner)
+    if runtime is not None:
+        runtime.remove_request(req_id)
+
+
+def _after_prepare_inputs(runner: Any, scheduler_output: Any, num_scheduled_tokens: Any) -> None:
+    runtime = runtime_of(runner)
+    if runtime is None:
+        return
+    batch = runner.input_batch
+    num_reqs = batch.num_reqs
+    runtime.prepare_step(
+        batch.req_ids[:num_reqs],
+        num_scheduled_tokens[:num_reqs],
+        batch.num_computed_tokens_cpu[:num_reqs],
+        batch.num_prompt_tokens[:num_reqs],
+    )

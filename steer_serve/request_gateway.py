@@ -1,0 +1,133 @@
+"""The API-side gate every completion request passes before vLLM sees it.
+
+It owns the `steering` field: validates it, resolves it against the model and the vector
+library, and rewrites the body so vLLM carries the resolved payload to the workers
+(`vllm_xargs`) with a prefix-cache salt derived from the fingerprint. vLLM itself silently
+drops unknown body fields, so anything that looks like steering but is not understood is
+refused here: a misspelt field must never run unsteered.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from steer_serve import wire_format
+from steer_serve.steering_resolver import SteeringError, SteeringResolver
+from steer_serve.steering_spec import SteeringSpec
+
+STEERABLE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+FIELD = "steering"
+FINGERPRINT_HEADER = "x-steer-serve-fingerprint"
+_MAX_ERRORS_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Answer the client with this error instead of forwarding the request."""
+
+    message: str
+    param: str | None = None
+    status: int = 400
+
+    def body(self) -> bytes:
+        error = {"message": self.message, "type": "BadRequestError", "param": self.param, "code": self.status}
+        return json.dumps({"error": error}).encode()
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Forward the request, with `body` replaced when not None, and add `headers` to the answer."""
+
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    fingerprint: str | None = None
+
+
+class RequestGateway:
+    def __init__(self, resolver: SteeringResolver) -> None:
+        self.resolver = resolver
+
+    def prepare(self, path: str, body: bytes) -> Rejection | Forward:
+        try:
+            request = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return Forward()  # not JSON: vLLM answers with its own 400
+        if not isinstance(request, dict):
+            return Forward()
+        try:
+            raw = _extract_raw_spec(request, path)
+            if raw is None:
+                return Forward()
+            steering = self.resolver.resolve(_parse_spec(raw))
+        except SteeringError as exc:
+            return Rejection(str(exc), exc.param)
+        fingerprint = steering.fingerprint
+        xargs = dict(request.get("vllm_xargs") or {})
+        xargs[wire_format.EXTRA_ARGS_KEY] = wire_format.encode(steering)
+        request["vllm_xargs"] = xargs
+        salt = request.get("cache_salt")
+        request["cache_salt"] = f"{salt}|steer:{fingerprint}" if salt else f"steer:{fingerprint}"
+        return Forward(json.dumps(request).encode(), {FINGERPRINT_HEADER: fingerprint}, fingerprint)
+
+
+def _extract_raw_spec(request: dict[str, Any], path: str) -> Any:
+    """Pop the steering object from the body (top level or vllm_xargs); None if unsteered."""
+    _refuse_lookalikes(request, "")
+    top = request.pop(FIELD, None)
+    xargs = request.get("vllm_xargs")
+    from_xargs = None
+    if isinstance(xargs, dict):
+        _refuse_lookalikes(xargs, "vllm_xargs.")
+        if wire_format.EXTRA_ARGS_KEY in xargs:
+            raise SteeringError(f"vllm_xargs.{wire_format.EXTRA_ARGS_KEY} is reserved for the server", "vllm_xargs")
+        from_xargs = _parse_xargs_spec(xargs.pop(FIELD, None))
+    if top is not None and from_xargs is not None:
+        raise SteeringError("give `steering` either at the top level or in vllm_xargs, not both", FIELD)
+    raw = top if top is not None else from_xargs
+    if raw is not None and path not in STEERABLE_PATHS:
+        raise SteeringError(f"steering is not supported on {path}; use {', '.join(sorted(STEERABLE_PATHS))}", FIELD)
+    return raw
+
+
+def _parse_xargs_spec(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise SteeringError("vllm_xargs.steering must be a JSON string", "vllm_xargs.steering")
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise SteeringError(f"vllm_xargs.steering is not valid JSON: {exc}", "vllm_xargs.steering") from None
+
+
+def _refuse_lookalikes(mapping: dict[str, Any], prefix: str) -> None:
+    """Refuse keys that look like a misspelt `steering` (vLLM would drop them silently)."""
+    for key in mapping:
+        if key == FIELD or not isinstance(key, str):
+            continue
+        if "steer" in key.lower() or difflib.get_close_matches(key.lower(), [FIELD], n=1, cutoff=0.75):
+            if prefix and key == wire_format.EXTRA_ARGS_KEY:
+                continue  # reported separately as reserved
+            raise SteeringError(f"unknown field {prefix}{key!r}; did you mean {prefix}{FIELD!r}?", prefix + key)
+
+
+def _parse_spec(raw: Any) -> SteeringSpec:
+    try:
+        return SteeringSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SteeringError(_describe_validation_error(exc), FIELD) from None
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    parts = []
+    for error in errors[:_MAX_ERRORS_SHOWN]:
+        location = ".".join(str(part) for part in (FIELD, *error["loc"]))
+        parts.append(f"{location}: {error['msg']}")
+    more = f" (and {len(errors) - _MAX_ERRORS_SHOWN} more)" if len(errors) > _MAX_ERRORS_SHOWN else ""
+    return "invalid steering: " + "; ".join(parts) + more
