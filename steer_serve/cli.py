@@ -45,11 +45,11 @@ def _run_default_model(args: argparse.Namespace, passthrough: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="steer-serve", description=__doc__)
+    parser = argparse.ArgumentParser(prog="steer-serve", description=__doc__, allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(
-        "serve", help="start the OpenAI-compatible server with per-request steering",
+        "serve", help="start the OpenAI-compatible server with per-request steering", allow_abbrev=False,
         description="Unrecognised flags (--dtype, --enforce-eager, --max-num-seqs, ...) go to vLLM.",
     )
     serve.add_argument("--model", default=None, help=f"local HF model directory (default: {DEFAULT_MODEL_NAME})")

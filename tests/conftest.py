@@ -1,0 +1,86 @@
+"""Session-wide fixtures: models are built once, servers start once per session and are shared.
+
+Server fixtures are lazy: a test run that selects only unit tests starts no server.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from steer_serve.default_model import default_model_dir  # noqa: E402
+from steer_serve.steering_vector import SteeringVector  # noqa: E402
+from steer_serve.vector_formats import write_vector  # noqa: E402
+from support.hf_reference import HFReference  # noqa: E402
+from support.servers import Server  # noqa: E402
+from support.steering_cases import tiny_library_directions  # noqa: E402
+from support.tiny_models import build_tiny_llama  # noqa: E402
+
+TINY_HIDDEN = 128
+TINY_LAYERS = 4
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    return default_model_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_vector_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A vector library for the tiny model: `tiny_a` on every layer, stored as safetensors."""
+    directory = tmp_path_factory.mktemp("tiny-vectors")
+    directions = tiny_library_directions(TINY_HIDDEN, TINY_LAYERS)
+    write_vector(SteeringVector(directions, {"model": "tiny-llama"}), directory / "tiny_a.safetensors")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("server-logs")
+
+
+def _serve(request: pytest.FixtureRequest, **kwargs) -> Server:
+    server = Server(**kwargs)
+    request.addfinalizer(server.stop)
+    return server.wait_ready()
+
+
+@pytest.fixture(scope="session")
+def tiny_eager_server(request, tiny_llama_dir, tiny_vector_dir, log_dir) -> Server:
+    return _serve(request, model=tiny_llama_dir, log_dir=log_dir, vector_dir=tiny_vector_dir, eager=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_compiled_server(request, tiny_llama_dir, tiny_vector_dir, log_dir) -> Server:
+    return _serve(request, model=tiny_llama_dir, log_dir=log_dir, vector_dir=tiny_vector_dir, eager=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_plain_server(request, tiny_llama_dir, log_dir) -> Server:
+    """Plain vLLM, no plugin loaded: the baseline unsteered outputs must equal."""
+    return _serve(request, model=tiny_llama_dir, log_dir=log_dir, plugin=False, eager=True)
+
+
+@pytest.fixture(scope="session")
+def smollm2_server(request, smollm2_dir, log_dir) -> Server:
+    """The default model with the shipped vector library, compiled (vLLM's default mode)."""
+    return _serve(request, model=smollm2_dir, log_dir=log_dir, eager=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tiny_llama_dir) -> HFReference:
+    return HFReference(tiny_llama_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference(smollm2_dir) -> HFReference:
+    return HFReference(smollm2_dir)

@@ -1,0 +1,1 @@
+"""Shared test helpers: tiny models, server processes, the HF reference, HTTP clients."""
