@@ -113,7 +113,7 @@ def _refuse_lookalikes(mapping: dict[str, Any], prefix: str) -> None:
         if "steer" in key.lower() or difflib.get_close_matches(key.lower(), [FIELD], n=1, cutoff=0.75):
             if prefix and key == wire_format.EXTRA_ARGS_KEY:
                 continue  # reported separately as reserved
-            raise SteeringError(f"unknown field {prefix}{key!r}; did you mean {prefix}{FIELD!r}?", prefix + key)
+            raise SteeringError(f"unknown field '{prefix}{key}'; did you mean '{prefix}{FIELD}'?", prefix + key)
 
 
 def _parse_spec(raw: Any) -> SteeringSpec:
