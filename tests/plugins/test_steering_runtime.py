@@ -1,0 +1,56 @@
+"""The per-step token->row index and the tables, without an engine (CPU tensors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from steer_serve import wire_format
+from steer_serve.resolved_steering import LayerAddition, combine_additions
+from steer_serve_vllm.steering_runtime import SteeringRuntime
+
+
+def _runtime() -> SteeringRuntime:
+    return SteeringRuntime(num_layers=3, hidden_size=4, max_reqs=4, max_tokens=16, device=torch.device("cpu"),
+                           dtype=torch.float32)
+
+
+def _payload(layer: int, positions: str, value: float) -> dict:
+    steering = combine_additions([LayerAddition(layer, positions, np.full(4, value, dtype=np.float32))])
+    return {wire_format.EXTRA_ARGS_KEY: wire_format.encode(steering)}
+
+
+def test_each_token_gets_its_requests_phase_row() -> None:
+    runtime = _runtime()
+    runtime.add_request("steered", _payload(1, "generated", 2.0))
+    # batch: "plain" prefill of 3 tokens, "steered" with prompt 4: last prompt token + 1 generated token
+    runtime.prepare_step(["plain", "steered"], np.array([3, 2]), np.array([0, 3]), np.array([3, 4]))
+    delta = runtime.layer_delta(1, 6)  # [T, D]
+    assert torch.equal(delta[:4], torch.zeros(4, 4))  # plain tokens, then the steered prompt token
+    assert torch.equal(delta[4], torch.full((4,), 2.0))  # the steered generated token
+    assert torch.equal(runtime.layer_delta(0, 6), torch.zeros(6, 4))  # other layers untouched
+
+
+def test_padding_beyond_the_step_is_no_steering() -> None:
+    runtime = _runtime()
+    runtime.add_request("r", _payload(0, "all", 1.0))
+    runtime.prepare_step(["r"], np.array([5]), np.array([0]), np.array([5]))
+    runtime.prepare_step(["r"], np.array([1]), np.array([5]), np.array([5]))
+    assert runtime.token_rows[1:16].eq(0).all()
+
+
+def test_finished_requests_release_their_slot() -> None:
+    runtime = _runtime()
+    for i in range(6):  # more requests over time than slots
+        runtime.add_request(f"r{i}", _payload(0, "all", float(i)))
+        runtime.prepare_step([f"r{i}"], np.array([1]), np.array([0]), np.array([1]))
+        assert runtime.layer_delta(0, 1)[0, 0] == float(i)
+        runtime.remove_request(f"r{i}")
+    assert runtime.num_live_requests == 0 and runtime.slots.num_resident == 0
+
+
+def test_unreadable_payload_leaves_request_unsteered_without_raising() -> None:
+    runtime = _runtime()
+    runtime.add_request("bad", {wire_format.EXTRA_ARGS_KEY: "{not json"})
+    runtime.prepare_step(["bad"], np.array([2]), np.array([0]), np.array([2]))
+    assert runtime.num_live_requests == 0 and runtime.token_rows.eq(0).all()
