@@ -27,6 +27,7 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
     """Environment for the server: our plugins allow-listed, our settings as STEER_SERVE_*."""
     env = dict(os.environ)
     env["VLLM_PLUGINS"] = PLUGIN_NAMES
+    env.setdefault("HF_HUB_OFFLINE", "1")  # local models only: nothing is downloaded at run time
     if args.vector_dir is not None:
         env["STEER_SERVE_VECTOR_DIR"] = str(Path(args.vector_dir).resolve())
     return env

@@ -1,0 +1,18 @@
+# Two commands on a fresh machine: `make serve` (the server on the default model) and `make test`.
+# Both install everything first (scripts/setup.sh, idempotent).
+.PHONY: setup serve test test-fast
+
+PORT ?= 8000
+export HF_HUB_OFFLINE := 1
+
+setup:
+	@scripts/setup.sh
+
+serve: setup
+	.venv/bin/steer-serve serve --port $(PORT) $(ARGS)
+
+test: setup
+	.venv/bin/python -m pytest tests -q $(ARGS)
+
+test-fast: setup
+	.venv/bin/python -m pytest tests -q -m "not slow" $(ARGS)
