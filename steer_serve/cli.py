@@ -28,6 +28,8 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
     env = dict(os.environ)
     env["VLLM_PLUGINS"] = PLUGIN_NAMES
     env.setdefault("HF_HUB_OFFLINE", "1")  # local models only: nothing is downloaded at run time
+    # Steering patches vLLM's V1 model runner; on GPU vLLM 0.32 would otherwise pick Model Runner V2.
+    env["VLLM_USE_V2_MODEL_RUNNER"] = "0"
     if args.vector_dir is not None:
         env["STEER_SERVE_VECTOR_DIR"] = str(Path(args.vector_dir).resolve())
     return env

@@ -6,6 +6,7 @@ convention). Neither format can execute code on load: we never unpickle anything
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from steer_serve.steering_vector import SteeringVector
 SUFFIXES = (".safetensors", ".gguf")
 _TENSOR_NAME = re.compile(r"^direction\.(\d+)$")
 _GGUF_ARCH = "controlvector"
+_METADATA_KEY = "steer_serve"
 
 
 class VectorFormatError(ValueError):
@@ -62,15 +64,28 @@ def read_safetensors(path: Path) -> SteeringVector:
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), framework="numpy") as handle:
-            metadata = dict(handle.metadata() or {})
+            metadata = _parse_metadata(handle.metadata() or {})
     except Exception as exc:  # safetensors raises several error types for malformed files
         raise VectorFormatError(f"{path.name}: not a valid safetensors file ({exc})") from exc
     return _build(_directions_from_tensors(tensors, path.name), metadata, path.name)
 
 
 def write_safetensors(vector: SteeringVector, path: Path) -> None:
+    """Metadata goes into one JSON-valued header key: safetensors writes several keys in random
+    order, and a library file should be byte-for-byte reproducible."""
     tensors = {f"direction.{layer}": vector.directions[layer].astype(np.float32) for layer in vector.layers}
-    save_file(tensors, str(path), metadata={k: str(v) for k, v in vector.metadata.items()})
+    metadata = json.dumps({k: str(v) for k, v in vector.metadata.items()}, sort_keys=True)
+    save_file(tensors, str(path), metadata={_METADATA_KEY: metadata})
+
+
+def _parse_metadata(header: dict[str, str]) -> dict[str, str]:
+    """Our own files keep metadata as JSON under one key; other tools' files use flat keys."""
+    if _METADATA_KEY not in header:
+        return dict(header)
+    parsed = json.loads(header[_METADATA_KEY])
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{_METADATA_KEY} metadata is not a JSON object")
+    return {str(k): str(v) for k, v in parsed.items()}
 
 
 def read_gguf(path: Path) -> SteeringVector:
@@ -83,11 +98,13 @@ def read_gguf(path: Path) -> SteeringVector:
         arch = arch_field.contents() if arch_field is not None else None
         hint_field = reader.get_field(f"{_GGUF_ARCH}.model_hint")
         hint = hint_field.contents() if hint_field is not None else None
+        ours = reader.get_field(f"{_METADATA_KEY}.metadata")
+        metadata = _parse_metadata({_METADATA_KEY: ours.contents()} if ours is not None else {})
     except Exception as exc:  # GGUFReader raises ValueError/IndexError/... on corrupt files
         raise VectorFormatError(f"{path.name}: not a valid GGUF file ({exc})") from exc
     if arch != _GGUF_ARCH:
         raise VectorFormatError(f"{path.name}: general.architecture is {arch!r}, not {_GGUF_ARCH!r}")
-    metadata = {"format": "gguf"} | ({"model_hint": str(hint)} if hint else {})
+    metadata = ({"model_hint": str(hint)} if hint else {}) | metadata
     return _build(_directions_from_tensors(tensors, path.name), metadata, path.name)
 
 
@@ -98,6 +115,7 @@ def write_gguf(vector: SteeringVector, path: Path) -> list[str]:
     writer = GGUFWriter(str(path), _GGUF_ARCH)
     writer.add_string(f"{_GGUF_ARCH}.model_hint", vector.metadata.get("model_hint", vector.metadata.get("model", "")))
     writer.add_uint32(f"{_GGUF_ARCH}.layer_count", len(vector.layers))
+    writer.add_string(f"{_METADATA_KEY}.metadata", json.dumps(vector.metadata, sort_keys=True))
     for layer in vector.layers:
         writer.add_tensor(f"direction.{layer}", vector.directions[layer].astype(np.float32))
     writer.write_header_to_file()

@@ -7,6 +7,7 @@ VLLM_PLUGINS, which `steer-serve serve` sets).
 from __future__ import annotations
 
 import logging
+import os
 from argparse import Namespace
 from collections import Counter
 from dataclasses import dataclass, field
@@ -60,6 +61,16 @@ async def get_vector(name: str, request: Request) -> Any:
         return JSONResponse({"error": error}, status_code=404)
 
 
+def _require_engine_plugin() -> None:
+    """Without the worker half, every steering request would run unsteered: refuse to start."""
+    allowed = os.environ.get("VLLM_PLUGINS", "")
+    if "steer_serve" not in [name.strip() for name in allowed.split(",")]:
+        raise RuntimeError(
+            f"VLLM_PLUGINS={allowed!r} enables the steer_serve_api endpoint plugin without the "
+            "steer_serve engine plugin; name both (steer-serve serve does this)"
+        )
+
+
 def _share_vllm_log_handlers() -> None:
     """Let the domain package's loggers ("steer_serve.*") print like vLLM's own."""
     ours, theirs = logging.getLogger("steer_serve"), logging.getLogger("vllm")
@@ -81,6 +92,7 @@ class SteerServeEndpointPlugin:
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
         if engine_client is None:
             return
+        _require_engine_plugin()
         text_config = engine_client.model_config.hf_text_config
         shape = ModelShape(
             model_id=engine_client.model_config.served_model_name,

@@ -40,6 +40,12 @@ LEDGER = (
         "as above",
     ),
     PatchRecord(
+        "vllm.v1.worker.gpu.model_runner.GPUModelRunner.load_model (Model Runner V2, GPU only)",
+        "refuse to start: steering is implemented for the V1 runner, and an engine on V2 would "
+        "silently ignore every steering payload. `steer-serve serve` sets VLLM_USE_V2_MODEL_RUNNER=0",
+        "steering is ported to Model Runner V2",
+    ),
+    PatchRecord(
         "vllm.v1.worker.gpu_model_runner.GPUModelRunner._update_states",
         "register new requests' steering payload (SamplingParams.extra_args) when they first arrive",
         "vLLM exposes per-request hooks to plugins",
@@ -71,11 +77,28 @@ def apply_worker_patches() -> None:
         CPUModelRunner = None
     if CPUModelRunner is not None and "load_model" in vars(CPUModelRunner):
         _wrap(CPUModelRunner, "load_model", _after_load_model)
+    _refuse_model_runner_v2()
     _wrap(runner_cls, "_update_states", _after_update_states)
     _wrap(runner_cls, "_on_request_state_removed", _after_request_removed)
     _wrap(runner_cls, "_prepare_inputs", _after_prepare_inputs)
     runner_cls._steer_serve_patched = True
     logger.info("steer-serve: patched %d vLLM model-runner symbols", len(LEDGER))
+
+
+def _refuse_model_runner_v2() -> None:
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cuda_alike():
+        return  # V2 needs Triton GPU kernels; other platforms always run V1 (and importing V2 is slow)
+    from vllm.v1.worker.gpu import model_runner as v2
+
+    def load_model(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(
+            "steer-serve supports vLLM's V1 model runner only; set VLLM_USE_V2_MODEL_RUNNER=0 "
+            "(steer-serve serve does this) so that steering is never silently ignored"
+        )
+
+    v2.GPUModelRunner.load_model = load_model
 
 
 def _wrap(cls: type, name: str, after: Callable[..., None]) -> None:
@@ -87,6 +110,7 @@ def _wrap(cls: type, name: str, after: Callable[..., None]) -> None:
         after(self, *args, **kwargs)
         return result
 
+    wrapper.steer_serve_wrapper = True  # type: ignore[attr-defined]
     setattr(cls, name, wrapper)
 
 

@@ -57,3 +57,14 @@ def test_nan_directions_are_refused(tmp_path) -> None:
     write_vector(bad, tmp_path / "nan.safetensors")
     with pytest.raises(VectorFormatError, match="NaN or Inf"):
         read_vector(tmp_path / "nan.safetensors")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".gguf"])
+def test_writing_is_byte_for_byte_reproducible(tmp_path, suffix) -> None:
+    original = vector(layers=(1, 2, 3))
+    original.metadata.update({"method": "difference_of_means", "dataset": "d.jsonl", "layers": "1,2,3"})
+    paths = [tmp_path / f"{i}{suffix}" for i in range(4)]
+    for path in paths:
+        write_vector(original, path)
+    assert len({path.read_bytes() for path in paths}) == 1
+    assert read_vector(paths[0]).metadata["method"] == "difference_of_means"
