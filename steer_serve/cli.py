@@ -11,6 +11,7 @@ from steer_serve.default_model import DEFAULT_MODEL_NAME, default_model_dir
 
 _VLLM_ENTRY = "vllm.entrypoints.launchers.api_server.entry"
 PLUGIN_NAMES = "steer_serve,steer_serve_api"
+DEFAULT_CPU_KVCACHE_GIB = "4"
 
 
 def serve_command(args: argparse.Namespace, passthrough: list[str]) -> list[str]:
@@ -30,6 +31,8 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
     env.setdefault("HF_HUB_OFFLINE", "1")  # local models only: nothing is downloaded at run time
     # Steering patches vLLM's V1 model runner; on GPU vLLM 0.32 would otherwise pick Model Runner V2.
     env["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+    # On CPU, vLLM otherwise reserves 92% of RAM and refuses to start when anything else runs.
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
     if args.vector_dir is not None:
         env["STEER_SERVE_VECTOR_DIR"] = str(Path(args.vector_dir).resolve())
     return env
@@ -47,6 +50,24 @@ def _run_default_model(args: argparse.Namespace, passthrough: list[str]) -> int:
     return 0
 
 
+def parse_layers(text: str) -> list[int]:
+    """'6-14,20' -> [6, 7, ..., 14, 20]."""
+    layers: list[int] = []
+    for part in text.split(","):
+        start, _, end = part.strip().partition("-")
+        layers += range(int(start), int(end or start) + 1)
+    return layers
+
+
+def _run_extract(args: argparse.Namespace, passthrough: list[str]) -> int:
+    from steer_serve.extraction import extract_to_file
+
+    model = Path(args.model) if args.model else default_model_dir()
+    vector = extract_to_file(model, Path(args.pairs), parse_layers(args.layers), Path(args.out), args.position)
+    print(f"wrote {args.out}: layers {vector.layers}, dim {vector.dim}, sha256 {vector.content_sha256()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steer-serve", description=__doc__, allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--vector-dir", default=None, help="steering vector library (default: configs/vectors)")
     serve.set_defaults(handler=_run_serve)
+
+    extract = commands.add_parser("extract", help="difference-of-means vector from contrastive pairs (JSONL)")
+    extract.add_argument("--pairs", required=True, help="JSONL of contrastive pairs (see configs/datasets/)")
+    extract.add_argument("--layers", required=True, help="decoder layers, e.g. 6-14 or 8,10,12")
+    extract.add_argument("--out", required=True, help="output .safetensors or .gguf (name = file stem)")
+    extract.add_argument("--position", choices=["last", "mean"], default="last", help="token position(s) read")
+    extract.add_argument("--model", default=None, help=f"HF model directory (default: {DEFAULT_MODEL_NAME})")
+    extract.set_defaults(handler=_run_extract)
 
     model = commands.add_parser("default-model", help="convert (once) and print the default model directory")
     model.set_defaults(handler=_run_default_model)

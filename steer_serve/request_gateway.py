@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,12 +19,14 @@ from pydantic import ValidationError
 
 from steer_serve import wire_format
 from steer_serve.steering_resolver import SteeringError, SteeringResolver
-from steer_serve.steering_spec import SteeringSpec
+from steer_serve.steering_spec import INTERVENTION_TYPES, SteeringSpec
 
 STEERABLE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 FIELD = "steering"
 FINGERPRINT_HEADER = "x-steer-serve-fingerprint"
 _MAX_ERRORS_SHOWN = 5
+# pydantic names union members in error locations ("int", "list[...]", "constrained-str", ...)
+_UNION_BRANCH = re.compile(r"^(int|float|str|bool|constrained-str|function-\w+\[.*|\w+\[.*\])$")
 
 
 @dataclass(frozen=True)
@@ -124,10 +127,21 @@ def _parse_spec(raw: Any) -> SteeringSpec:
 
 
 def _describe_validation_error(exc: ValidationError) -> str:
-    errors = exc.errors(include_url=False)
-    parts = []
-    for error in errors[:_MAX_ERRORS_SHOWN]:
-        location = ".".join(str(part) for part in (FIELD, *error["loc"]))
-        parts.append(f"{location}: {error['msg']}")
-    more = f" (and {len(errors) - _MAX_ERRORS_SHOWN} more)" if len(errors) > _MAX_ERRORS_SHOWN else ""
-    return "invalid steering: " + "; ".join(parts) + more
+    """One line per offending field, e.g. `steering.interventions[0].scale: Input should be ...`."""
+    messages: dict[str, list[str]] = {}
+    for error in exc.errors(include_url=False):
+        messages.setdefault(_field_path(error["loc"]), []).append(error["msg"])
+    parts = [f"{path}: {' / '.join(dict.fromkeys(msgs))}" for path, msgs in messages.items()]
+    more = f" (and {len(parts) - _MAX_ERRORS_SHOWN} more)" if len(parts) > _MAX_ERRORS_SHOWN else ""
+    return "invalid steering: " + "; ".join(parts[:_MAX_ERRORS_SHOWN]) + more
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    """Render a pydantic location, leaving out union-branch and discriminator-tag entries."""
+    path = FIELD
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not _UNION_BRANCH.match(part) and part not in INTERVENTION_TYPES:
+            path += f".{part}"
+    return path

@@ -74,6 +74,7 @@ class AddIntervention(BaseModel):
 
 
 Intervention = Annotated[Union[AddIntervention], Field(discriminator="type")]
+INTERVENTION_TYPES = frozenset({"add"})
 
 
 class SteeringSpec(BaseModel):

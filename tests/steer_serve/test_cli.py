@@ -1,0 +1,34 @@
+"""The CLI builds the right vLLM command line and environment."""
+
+from __future__ import annotations
+
+from steer_serve.cli import PLUGIN_NAMES, build_parser, parse_layers, serve_command, serve_environment
+
+
+def _serve_args(*argv: str):
+    return build_parser().parse_known_args(["serve", *argv])
+
+
+def test_unknown_flags_pass_through_to_vllm() -> None:
+    args, passthrough = _serve_args("--model", "/m", "--port", "9000", "--dtype", "float32", "--enforce-eager")
+    command = serve_command(args, passthrough)
+    assert command[command.index("--model") + 1] == "/m"
+    assert command[command.index("--port") + 1] == "9000"
+    assert command[-3:] == ["--dtype", "float32", "--enforce-eager"]
+
+
+def test_vllm_flags_are_not_abbreviation_matched() -> None:
+    args, passthrough = _serve_args("--model", "/m", "--model-impl", "vllm")
+    assert args.model == "/m" and passthrough == ["--model-impl", "vllm"]
+
+
+def test_environment_enables_both_plugins_and_v1_runner(tmp_path) -> None:
+    args, _ = _serve_args("--vector-dir", str(tmp_path))
+    env = serve_environment(args)
+    assert env["VLLM_PLUGINS"] == PLUGIN_NAMES == "steer_serve,steer_serve_api"
+    assert env["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+    assert env["STEER_SERVE_VECTOR_DIR"] == str(tmp_path.resolve())
+
+
+def test_parse_layers() -> None:
+    assert parse_layers("6-9,12") == [6, 7, 8, 9, 12]
