@@ -17,6 +17,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from steer_serve.model_shape import ModelShape
+from steer_serve_vllm.model_config import model_shape
 from steer_serve.request_gateway import Rejection, RequestGateway
 from steer_serve.settings import Settings
 from steer_serve.steering_resolver import SteeringResolver
@@ -93,12 +94,8 @@ class SteerServeEndpointPlugin:
         if engine_client is None:
             return
         _require_engine_plugin()
-        text_config = engine_client.model_config.hf_text_config
-        shape = ModelShape(
-            model_id=engine_client.model_config.served_model_name,
-            hidden_size=text_config.hidden_size,
-            num_layers=text_config.num_hidden_layers,
-        )
+        model_config = engine_client.model_config
+        shape = model_shape(model_config.served_model_name, model_config.hf_text_config)
         _share_vllm_log_handlers()
         settings = Settings()
         library = VectorLibrary.load_dir(settings.vector_dir, shape)
