@@ -1,4 +1,4 @@
-"""`steer-serve` command line: serve (vLLM's OpenAI server with the plugin), extract, convert."""
+"""`steer-serve` command line: serve (vLLM's OpenAI server with the plugin), extract, convert, ab report."""
 
 from __future__ import annotations
 
@@ -35,10 +35,24 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
     if args.vector_dir is not None:
         env["STEER_SERVE_VECTOR_DIR"] = str(Path(args.vector_dir).resolve())
+    if args.experiments is not None:
+        env["STEER_SERVE_EXPERIMENTS_DIR"] = str(Path(args.experiments).resolve())
+    if args.exposure_log is not None:
+        env["STEER_SERVE_EXPOSURE_LOG"] = str(Path(args.exposure_log).resolve())
+    if args.admin_key is not None:
+        env["STEER_SERVE_ADMIN_KEY"] = args.admin_key
     return env
 
 
 def _run_serve(args: argparse.Namespace, passthrough: list[str]) -> int:
+    if args.experiments is not None:
+        from steer_serve.experiments.config import ExperimentConfigError, load_experiments
+
+        try:  # the schema check is cheap: fail before vLLM spends a minute starting
+            load_experiments(Path(args.experiments))
+        except ExperimentConfigError as exc:
+            print(f"steer-serve: {exc}", file=sys.stderr)
+            return 2
     command = serve_command(args, passthrough)
     print("steer-serve: " + " ".join(command), file=sys.stderr, flush=True)
     os.execve(command[0], command, serve_environment(args))
@@ -68,6 +82,33 @@ def _run_extract(args: argparse.Namespace, passthrough: list[str]) -> int:
     return 0
 
 
+def _run_ab_report(args: argparse.Namespace, passthrough: list[str]) -> int:
+    from steer_serve.experiments.config import load_experiment
+    from steer_serve.experiments.jsonl_log import read_records
+    from steer_serve.experiments.report import render_markdown, render_png
+    from steer_serve.experiments.results import compute_results
+
+    directory = Path(args.experiments)
+    config_path = next((directory / f"{args.key}{suffix}" for suffix in (".yaml", ".yml")
+                        if (directory / f"{args.key}{suffix}").exists()), None)
+    if config_path is None:
+        print(f"steer-serve: no experiment {args.key!r} in {directory}", file=sys.stderr)
+        return 2
+    exposures = Path(args.exposure_log) if args.exposure_log else directory / "exposures.jsonl"
+    feedback = Path(args.feedback_log) if args.feedback_log else exposures.with_name("feedback.jsonl")
+    results = compute_results(load_experiment(config_path), read_records(exposures), read_records(feedback), args.version)
+    markdown = render_markdown(results)
+    print(markdown)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{args.key}.md").write_text(markdown)
+        (out / f"{args.key}.json").write_text(results.model_dump_json(indent=2))
+        render_png(results, out / f"{args.key}.png")
+        print(f"wrote {out / args.key}.md, .json and .png", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steer-serve", description=__doc__, allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--vector-dir", default=None, help="steering vector library (default: configs/vectors)")
+    serve.add_argument("--experiments", default=None, help="directory of A/B experiment YAML files")
+    serve.add_argument("--exposure-log", default=None, help="exposure JSONL (default: <experiments>/exposures.jsonl)")
+    serve.add_argument("--admin-key", default=None, help="bearer key for admin routes (or env STEER_SERVE_ADMIN_KEY)")
     serve.set_defaults(handler=_run_serve)
 
     extract = commands.add_parser("extract", help="difference-of-means vector from contrastive pairs (JSONL)")
@@ -89,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--position", choices=["last", "mean"], default="last", help="token position(s) read")
     extract.add_argument("--model", default=None, help=f"HF model directory (default: {DEFAULT_MODEL_NAME})")
     extract.set_defaults(handler=_run_extract)
+
+    ab = commands.add_parser("ab", help="A/B experiments").add_subparsers(dest="ab_command", required=True)
+    report = ab.add_parser("report", help="per-arm results of an experiment from its logs (markdown, JSON, PNG)")
+    report.add_argument("key", help="experiment key (its YAML file stem)")
+    report.add_argument("--experiments", default="configs/experiments", help="experiments directory")
+    report.add_argument("--exposure-log", default=None, help="default: <experiments>/exposures.jsonl")
+    report.add_argument("--feedback-log", default=None, help="default: feedback.jsonl next to the exposure log")
+    report.add_argument("--version", type=int, default=None, help="experiment version (default: the file's)")
+    report.add_argument("--out", default=None, help="also write KEY.md, KEY.json and KEY.png into this directory")
+    report.set_defaults(handler=_run_ab_report)
 
     model = commands.add_parser("default-model", help="convert (once) and print the default model directory")
     model.set_defaults(handler=_run_default_model)

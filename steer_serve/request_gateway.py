@@ -13,13 +13,17 @@ import difflib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from steer_serve import wire_format
 from steer_serve.steering_resolver import SteeringError, SteeringResolver
 from steer_serve.steering_spec import INTERVENTION_TYPES, SteeringSpec
+
+if TYPE_CHECKING:
+    from steer_serve.experiments.arm_selector import ArmSelector, Assignment
 
 STEERABLE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 FIELD = "steering"
@@ -49,13 +53,16 @@ class Forward:
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     fingerprint: str | None = None
+    assignment: "Assignment | None" = None  # set when an experiment arm (control included) is served
 
 
 class RequestGateway:
-    def __init__(self, resolver: SteeringResolver) -> None:
+    def __init__(self, resolver: SteeringResolver, arms: "ArmSelector | None" = None) -> None:
         self.resolver = resolver
+        self.arms = arms
 
-    def prepare(self, path: str, body: bytes) -> Rejection | Forward:
+    def prepare(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Rejection | Forward:
+        """Validate and apply the request's own steering or, when it carries none, its experiment arm."""
         try:
             request = json.loads(body)
         except (ValueError, UnicodeDecodeError):
@@ -64,18 +71,30 @@ class RequestGateway:
             return Forward()
         try:
             raw = _extract_raw_spec(request, path)
-            if raw is None:
-                return Forward()
-            steering = self.resolver.resolve(_parse_spec(raw))
+            steering = None if raw is None else self.resolver.resolve(parse_steering(raw))
         except SteeringError as exc:
             return Rejection(str(exc), exc.param)
+        assignment = self._assign(request, path, headers or {}, forced=steering is not None)
+        if assignment is not None and steering is None:
+            steering = assignment.arm.steering  # None for control: the body goes on untouched
+        extra = assignment.headers if assignment is not None else {}
+        if steering is None:
+            return Forward(headers=extra, assignment=assignment)
         fingerprint = steering.fingerprint
         xargs = dict(request.get("vllm_xargs") or {})
         xargs[wire_format.EXTRA_ARGS_KEY] = wire_format.encode(steering)
         request["vllm_xargs"] = xargs
         salt = request.get("cache_salt")
         request["cache_salt"] = f"{salt}|steer:{fingerprint}" if salt else f"steer:{fingerprint}"
-        return Forward(json.dumps(request).encode(), {FINGERPRINT_HEADER: fingerprint}, fingerprint)
+        headers_out = {FINGERPRINT_HEADER: fingerprint, **extra}
+        return Forward(json.dumps(request).encode(), headers_out, fingerprint, assignment)
+
+    def _assign(self, request: dict[str, Any], path: str, headers: Mapping[str, str], forced: bool) -> "Assignment | None":
+        """The experiment arm served to this request, if any (forced requests are only counted)."""
+        if self.arms is None or path not in STEERABLE_PATHS:
+            return None
+        assignment = self.arms.choose(request, headers, forced)
+        return assignment if assignment.arm is not None else None
 
 
 def _extract_raw_spec(request: dict[str, Any], path: str) -> Any:
@@ -119,7 +138,8 @@ def _refuse_lookalikes(mapping: dict[str, Any], prefix: str) -> None:
             raise SteeringError(f"unknown field '{prefix}{key}'; did you mean '{prefix}{FIELD}'?", prefix + key)
 
 
-def _parse_spec(raw: Any) -> SteeringSpec:
+def parse_steering(raw: Any) -> SteeringSpec:
+    """The one validation path for a `steering` object (requests and experiment arms)."""
     try:
         return SteeringSpec.model_validate(raw)
     except ValidationError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -21,3 +21,27 @@ class Settings(BaseSettings):
     max_interventions: int = Field(16, ge=1, description="interventions allowed in one request")
     max_abs_scale: float = Field(1000.0, gt=0, description="largest |scale| accepted")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body accepted")
+
+    experiments_dir: Path | None = Field(None, description="directory of experiment YAML files; None: no experiments")
+    exposure_log: Path | None = Field(None, description="exposure JSONL (default: <experiments_dir>/exposures.jsonl)")
+    feedback_log: Path | None = Field(None, description="feedback JSONL (default: next to the exposure log)")
+    admin_key: SecretStr | None = Field(None, description="bearer key for the admin routes; None: admin routes refuse")
+
+    @property
+    def exposure_log_path(self) -> Path | None:
+        if self.exposure_log is not None:
+            return self.exposure_log
+        return None if self.experiments_dir is None else self.experiments_dir / "exposures.jsonl"
+
+    @property
+    def feedback_log_path(self) -> Path | None:
+        if self.feedback_log is not None:
+            return self.feedback_log
+        exposures = self.exposure_log_path
+        return None if exposures is None else exposures.with_name("feedback.jsonl")
+
+    @property
+    def control_file_path(self) -> Path | None:
+        """Kill switches and reload generation shared by the API-server processes (next to the exposure log)."""
+        exposures = self.exposure_log_path
+        return None if exposures is None else exposures.with_name("experiments-control.json")

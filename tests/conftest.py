@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+_TESTS = Path(__file__).resolve().parent
+# tests/steer_serve/ (a folder of tests, no __init__) must not shadow the installed package: run
+# from tests/, it would become a namespace package `steer_serve`, and tests/steer_serve/experiments
+# would then hide steer_serve.experiments. Import the real package first, without tests/ on the path.
+_saved_path = list(sys.path)
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _TESTS]
+import steer_serve  # noqa: E402,F401
+sys.path[:] = _saved_path
+sys.path.insert(0, str(_TESTS))
 
 from steer_serve.default_model import default_model_dir  # noqa: E402
 from steer_serve.steering_vector import SteeringVector  # noqa: E402

@@ -2,13 +2,17 @@
 
 Pure ASGI (no BaseHTTPMiddleware) so streaming responses and client disconnects reach vLLM's
 handlers untouched: we only replace the body message and add headers to the response start.
+Completion responses are also watched on their way out (`ResponseObserver`: time to first
+token, tokens, finish reason), and recorded once they end (metrics; exposures for experiments).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Awaitable, Callable
 
-from steer_serve.request_gateway import Forward, Rejection
+from steer_serve.experiments.response_observer import ResponseObserver
+from steer_serve.request_gateway import STEERABLE_PATHS, Forward, Rejection
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -30,20 +34,29 @@ class SteeringMiddleware:
         if scope["type"] != "http" or scope["method"] != "POST" or service is None:
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         try:
             body = await _read_body(receive, service.settings.max_body_bytes)
         except BodyTooLarge:
             limit = service.settings.max_body_bytes
             await _send_error(send, Rejection(f"request body exceeds {limit} bytes", None, 413))
             return
-        decision = service.gateway.prepare(scope["path"], body)
+        decision = service.gateway.prepare(scope["path"], body, _header_map(scope["headers"]))
         if isinstance(decision, Rejection):
             service.count_rejection(decision)
             await _send_error(send, decision)
             return
-        await self._forward(scope, receive, send, body, decision)
+        if scope["path"] not in STEERABLE_PATHS:
+            await self._forward(scope, receive, send, body, decision, None)
+            return
+        observer = ResponseObserver(started)
+        try:
+            await self._forward(scope, receive, send, body, decision, observer)
+        finally:
+            service.recorder.record(decision.assignment, decision.fingerprint, observer.finish(time.perf_counter()))
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, body: bytes, decision: Forward) -> None:
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, body: bytes, decision: Forward,
+                       observer: ResponseObserver | None) -> None:
         if decision.body is not None:
             body = decision.body
             scope = dict(scope, headers=_with_content_length(scope["headers"], len(body)))
@@ -57,9 +70,14 @@ class SteeringMiddleware:
             return await receive()  # later calls: disconnect detection for streaming
 
         async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start" and decision.headers:
-                extra = [(k.encode(), v.encode()) for k, v in decision.headers.items()]
-                message = dict(message, headers=list(message.get("headers", [])) + extra)
+            if message["type"] == "http.response.start":
+                if decision.headers:
+                    extra = [(k.encode(), v.encode()) for k, v in decision.headers.items()]
+                    message = dict(message, headers=list(message.get("headers", [])) + extra)
+                if observer is not None:
+                    observer.on_start(message["status"], message.get("headers", []))
+            elif message["type"] == "http.response.body" and observer is not None:
+                observer.on_body(message.get("body", b""), time.perf_counter())
             await send(message)
 
         await self.app(scope, replay, send_with_headers)
@@ -80,6 +98,11 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+def _header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Request headers by lower-case name (the unit of a header-keyed experiment comes from here)."""
+    return {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in headers}
 
 
 def _with_content_length(headers: list[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:

@@ -16,6 +16,10 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from steer_serve import metrics
+from steer_serve.experiments.arm_selector import ArmSelector
+from steer_serve.experiments.control_state import ControlFile
+from steer_serve.experiments.exposure_recorder import ExposureRecorder
 from steer_serve.model_shape import ModelShape
 from steer_serve_vllm.model_config import model_shape
 from steer_serve.request_gateway import Rejection, RequestGateway
@@ -23,6 +27,7 @@ from steer_serve.settings import Settings
 from steer_serve.steering_resolver import SteeringResolver
 from steer_serve.vector_library import VectorLibrary
 from steer_serve_vllm.api_middleware import SteeringMiddleware
+from steer_serve_vllm.experiment_routes import router as experiment_router
 
 logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
 
@@ -37,10 +42,12 @@ class SteeringService:
     shape: ModelShape
     library: VectorLibrary
     gateway: RequestGateway
+    recorder: ExposureRecorder
     rejections: Counter = field(default_factory=Counter)
 
     def count_rejection(self, rejection: Rejection) -> None:
         self.rejections[rejection.status] += 1
+        metrics.REJECTIONS.labels(metrics.rejection_reason(rejection.status, rejection.param)).inc()
 
 
 def _service(request: Request) -> SteeringService:
@@ -88,6 +95,7 @@ class SteerServeEndpointPlugin:
 
     def attach_router(self, app: FastAPI) -> None:
         app.include_router(router)
+        app.include_router(experiment_router)
         app.add_middleware(SteeringMiddleware)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
@@ -99,6 +107,23 @@ class SteerServeEndpointPlugin:
         _share_vllm_log_handlers()
         settings = Settings()
         library = VectorLibrary.load_dir(settings.vector_dir, shape)
-        gateway = RequestGateway(SteeringResolver(shape, library, settings))
-        state.steer_serve = SteeringService(settings, shape, library, gateway)
+        resolver = SteeringResolver(shape, library, settings)
+        arms = _load_experiments(settings, resolver)
+        gateway = RequestGateway(resolver, arms)
+        recorder = ExposureRecorder(shape.model_id, settings.exposure_log_path if arms else None)
+        state.steer_serve = SteeringService(settings, shape, library, gateway, recorder)
+        metrics.VECTORS_LOADED.set(len(library.describe()))
         logger.info("steer-serve: API ready for %s (%d vectors)", shape, len(library.describe()))
+
+
+def _load_experiments(settings: Settings, resolver: SteeringResolver) -> ArmSelector | None:
+    """The experiments, resolved against the model now: a bad file stops the server with its error."""
+    if settings.experiments_dir is None:
+        return None
+    settings.exposure_log_path.parent.mkdir(parents=True, exist_ok=True)
+    settings.feedback_log_path.parent.mkdir(parents=True, exist_ok=True)
+    arms = ArmSelector(settings.experiments_dir, resolver, ControlFile(settings.control_file_path))
+    running = [e.config.key for e in arms.experiments if e.config.status == "running"]
+    logger.info("steer-serve: %d experiments (running: %s); exposures -> %s", len(arms.experiments),
+                ", ".join(running) or "none", settings.exposure_log_path)
+    return arms
