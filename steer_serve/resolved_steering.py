@@ -1,19 +1,28 @@
-"""A steering spec after resolution: concrete per-layer vectors, ready for the engine.
+"""A steering spec after resolution: concrete per-layer edits, ready for the engine.
 
 This is what crosses the API -> engine boundary and what identifies a steering configuration:
-two requests with the same resolved additions share a fingerprint, an engine slot and a
+two requests with the same resolved edits share a fingerprint, an engine slot and a
 prefix-cache salt, however they were spelt (vector name or inline, one or several entries).
+
+Order of application inside decoder layer L, per token:
+  1. attention heads are scaled/masked before the attention output projection (`heads`);
+  2. MoE router logits get -inf for disabled and +FORCE_LOGIT for forced experts (`experts`);
+  3. the sum of all additions is added to the layer's output (`add`);
+  4. projections are set along unit directions, in request order (`ablate` = set to 0, `clamp`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 Positions = Literal["all", "prompt", "generated"]
+PHASES: dict[str, tuple[int, ...]] = {"all": (0, 1), "prompt": (0,), "generated": (1,)}  # 0 prompt, 1 generated
+MAX_PROJECTIONS_PER_LAYER = 2  # ablate/clamp edits on one layer for one token phase
+FORCE_LOGIT = 100.0  # exp(-100) underflows float32 softmax weights of unforced experts to ~0
 
 
 @dataclass(frozen=True)
@@ -26,25 +35,97 @@ class LayerAddition:
 
 
 @dataclass(frozen=True)
+class LayerProjection:
+    """Set the layer output's component along unit `direction` ([D]) to `value` (0 = ablate)."""
+
+    layer: int
+    positions: Positions
+    direction: np.ndarray
+    value: float
+
+
+@dataclass(frozen=True)
+class HeadScales:
+    """Multiply each attention head's output slice by `scales` ([H], 1 = unchanged, 0 = masked)."""
+
+    layer: int
+    positions: Positions
+    scales: np.ndarray
+
+
+@dataclass(frozen=True)
+class ExpertRouting:
+    """Experts of one MoE layer that are never (disabled) or always (forced) routed."""
+
+    layer: int
+    positions: Positions
+    disabled: tuple[int, ...]
+    forced: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class ResolvedSteering:
-    additions: tuple[LayerAddition, ...]
+    additions: tuple[LayerAddition, ...] = ()
+    projections: tuple[LayerProjection, ...] = ()
+    head_scales: tuple[HeadScales, ...] = ()
+    expert_routing: tuple[ExpertRouting, ...] = ()
 
     @property
     def fingerprint(self) -> str:
-        """Content hash of the additions; stable across processes and spellings."""
+        """Content hash of every edit; stable across processes and spellings."""
         digest = hashlib.sha256(b"steer-serve/v1")
         for add in self.additions:
-            digest.update(f"|add|{add.layer}|{add.positions}|".encode())
-            digest.update(np.ascontiguousarray(add.vector, dtype="<f4").tobytes())
+            _update(digest, f"|add|{add.layer}|{add.positions}|", add.vector)
+        for proj in self.projections:
+            _update(digest, f"|proj|{proj.layer}|{proj.positions}|{proj.value!r}|", proj.direction)
+        for heads in self.head_scales:
+            _update(digest, f"|heads|{heads.layer}|{heads.positions}|", heads.scales)
+        for route in self.expert_routing:
+            digest.update(f"|experts|{route.layer}|{route.positions}|{route.disabled}|{route.forced}".encode())
         return digest.hexdigest()[:32]
+
+
+def _update(digest: "hashlib._Hash", label: str, values: np.ndarray) -> None:
+    digest.update(label.encode())
+    digest.update(np.ascontiguousarray(values, dtype="<f4").tobytes())
+
+
+@dataclass
+class SteeringBuilder:
+    """Collects resolved edits and combines them canonically (sum, product, union)."""
+
+    additions: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
+    projections: list[LayerProjection] = field(default_factory=list)
+    head_scales: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
+    routing: dict[tuple[int, str], tuple[set[int], set[int]]] = field(default_factory=dict)
+
+    def add(self, layer: int, positions: str, vector: np.ndarray) -> None:
+        key = (layer, positions)
+        self.additions[key] = self.additions[key] + vector if key in self.additions else vector.astype(np.float32)
+
+    def scale_heads(self, layer: int, positions: str, scales: np.ndarray) -> None:
+        key = (layer, positions)
+        self.head_scales[key] = self.head_scales[key] * scales if key in self.head_scales else scales
+
+    def route(self, layer: int, positions: str, disabled: set[int], forced: set[int]) -> None:
+        old_disabled, old_forced = self.routing.get((layer, positions), (set(), set()))
+        self.routing[(layer, positions)] = (old_disabled | disabled, old_forced | forced)
+
+    def build(self) -> ResolvedSteering:
+        return ResolvedSteering(
+            additions=tuple(LayerAddition(l, p, v) for (l, p), v in sorted(self.additions.items())),  # type: ignore[arg-type]
+            projections=tuple(self.projections),
+            head_scales=tuple(HeadScales(l, p, s) for (l, p), s in sorted(self.head_scales.items())),  # type: ignore[arg-type]
+            expert_routing=tuple(
+                ExpertRouting(l, p, tuple(sorted(d)), tuple(sorted(f)))  # type: ignore[arg-type]
+                for (l, p), (d, f) in sorted(self.routing.items())
+            ),
+        )
 
 
 def combine_additions(additions: list[LayerAddition]) -> ResolvedSteering:
     """Sum additions that target the same (layer, positions); order the result canonically."""
-    summed: dict[tuple[int, str], np.ndarray] = {}
+    builder = SteeringBuilder()
     for add in additions:
-        key = (add.layer, add.positions)
-        summed[key] = summed[key] + add.vector if key in summed else add.vector.astype(np.float32)
-    return ResolvedSteering(
-        tuple(LayerAddition(layer, pos, vec) for (layer, pos), vec in sorted(summed.items()))  # type: ignore[arg-type]
-    )
+        builder.add(add.layer, add.positions, add.vector)
+    return builder.build()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
 
 # Hard caps that hold before the model is known; model-dependent limits are checked on resolution.
 MAX_INLINE_VALUES = 65536
@@ -26,22 +26,27 @@ def _require_finite(value: float, what: str) -> float:
     return value
 
 
-class AddIntervention(BaseModel):
-    """Add `scale * vector` to the output of each listed decoder layer (activation addition)."""
+def _check_layer_keys(mapping: dict[str, object], what: str) -> None:
+    for key in mapping:
+        if not key.lstrip("-").isdigit():
+            raise ValueError(f"{what} key {key!r} is not a layer number")
 
+
+class _Intervention(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["add"]
+    positions: Positions = Field("all", description="which tokens are edited: all, prompt or generated")
+
+
+class _VectorIntervention(_Intervention):
+    """Shared by interventions that act along a vector in the residual stream."""
+
     vector: Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_LENGTH)] | Annotated[
         list[Number], Field(min_length=1, max_length=MAX_INLINE_VALUES)
     ] = Field(description="a vector library name, or an inline list of hidden_size floats")
     layers: Annotated[list[StrictInt], Field(min_length=1, max_length=MAX_LAYERS_PER_INTERVENTION)] | None = Field(
-        None, description="decoder layers whose output is steered; default: every layer of the named vector"
+        None, description="decoder layers whose output is edited; default: every layer of the named vector"
     )
-    scale: Number | dict[StrictStr, Number] = Field(
-        1.0, description='one scale, or per layer: {"10": 4.0, "12": 2.0}'
-    )
-    positions: Positions = Field("all", description="which tokens are steered")
 
     @field_validator("vector")
     @classmethod
@@ -59,22 +64,96 @@ class AddIntervention(BaseModel):
             raise ValueError("layers must not repeat")
         return value
 
+
+class AddIntervention(_VectorIntervention):
+    """Add `scale * vector` to the output of each listed decoder layer (activation addition)."""
+
+    type: Literal["add"]
+    scale: Number | dict[StrictStr, Number] = Field(
+        1.0, description='one scale, or per layer: {"10": 4.0, "12": 2.0}'
+    )
+
     @field_validator("scale")
     @classmethod
     def _finite_scale(cls, value: float | dict[str, float]) -> float | dict[str, float]:
         if isinstance(value, dict):
             if not value:
                 raise ValueError("a per-layer scale needs at least one layer")
+            _check_layer_keys(value, "per-layer scale")
             for key, scale in value.items():
-                if not key.lstrip("-").isdigit():
-                    raise ValueError(f"per-layer scale key {key!r} is not a layer number")
                 _require_finite(scale, f"scale for layer {key}")
             return value
         return _require_finite(value, "scale")
 
 
-Intervention = Annotated[Union[AddIntervention], Field(discriminator="type")]
-INTERVENTION_TYPES = frozenset({"add"})
+class AblateIntervention(_VectorIntervention):
+    """Remove the component of the layer output along the (unit-normalised) direction."""
+
+    type: Literal["ablate"]
+
+
+class ClampIntervention(_VectorIntervention):
+    """Set the component of the layer output along the (unit-normalised) direction to `value`."""
+
+    type: Literal["clamp"]
+    value: Number = Field(description="target projection onto the unit direction")
+
+    @field_validator("value")
+    @classmethod
+    def _finite_value(cls, value: float) -> float:
+        return _require_finite(value, "value")
+
+
+class ExpertsIntervention(_Intervention):
+    """Per MoE layer, experts never routed (`disable`) or always routed (`force`)."""
+
+    type: Literal["experts"]
+    disable: dict[StrictStr, Annotated[list[StrictInt], Field(min_length=1, max_length=1024)]] = Field(
+        default_factory=dict, description='layer -> experts never routed, e.g. {"3": [1, 5]}'
+    )
+    force: dict[StrictStr, Annotated[list[StrictInt], Field(min_length=1, max_length=1024)]] = Field(
+        default_factory=dict, description='layer -> experts always routed, e.g. {"2": [0]}'
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "ExpertsIntervention":
+        if not self.disable and not self.force:
+            raise ValueError("give `disable` and/or `force`")
+        _check_layer_keys(self.disable, "disable")
+        _check_layer_keys(self.force, "force")
+        return self
+
+
+class HeadsIntervention(_Intervention):
+    """Per layer, attention heads to mask (zero) or scale, before the output projection."""
+
+    type: Literal["heads"]
+    mask: dict[StrictStr, Annotated[list[StrictInt], Field(min_length=1, max_length=1024)]] = Field(
+        default_factory=dict, description='layer -> heads zeroed, e.g. {"4": [0, 3]}'
+    )
+    scale: dict[StrictStr, dict[StrictStr, Number]] = Field(
+        default_factory=dict, description='layer -> {head: factor}, e.g. {"4": {"1": 0.5}}'
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "HeadsIntervention":
+        if not self.mask and not self.scale:
+            raise ValueError("give `mask` and/or `scale`")
+        _check_layer_keys(self.mask, "mask")
+        _check_layer_keys(self.scale, "scale")
+        for layer, factors in self.scale.items():
+            for head, factor in factors.items():
+                if not head.isdigit():
+                    raise ValueError(f"scale[{layer!r}] key {head!r} is not a head number")
+                _require_finite(factor, f"scale of head {head} in layer {layer}")
+        return self
+
+
+Intervention = Annotated[
+    Union[AddIntervention, AblateIntervention, ClampIntervention, ExpertsIntervention, HeadsIntervention],
+    Field(discriminator="type"),
+]
+INTERVENTION_TYPES = frozenset({"add", "ablate", "clamp", "experts", "heads"})
 
 
 class SteeringSpec(BaseModel):

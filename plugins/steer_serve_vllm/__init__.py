@@ -6,9 +6,12 @@ idempotent. All work lives in the named modules.
 
 
 def register_engine_plugin() -> None:
-    """`vllm.general_plugins`: patch the model runner (effective in worker processes)."""
+    """`vllm.general_plugins`: patch the model runner (effective in worker processes) and make a
+    failed endpoint plugin fatal (effective in the API process)."""
+    from steer_serve_vllm.endpoint_guard import guard_endpoint_plugin_loading
     from steer_serve_vllm.worker_patches import apply_worker_patches
 
+    guard_endpoint_plugin_loading()
     apply_worker_patches()
 
 

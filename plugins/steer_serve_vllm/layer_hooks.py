@@ -1,16 +1,25 @@
-"""Forward hooks on vLLM decoder layers that add each token's steering to the residual stream.
+"""Hooks on vLLM modules that apply each token's steering row inside the forward pass.
 
-vLLM's Llama-family decoder layers return (hidden_states, residual), and the stream after the
-layer is their sum; adding the steering to `residual` (out of place: fused add+RMSNorm kernels
-mutate their inputs) is exactly "add to the output of layer L". The hooks must be installed
-before the first forward pass, because torch.compile traces them in; hooks added later are
-ignored by the compiled graph.
+Legend: T = tokens in the step, D = hidden size, K = projections per layer,
+H = heads on this tensor-parallel rank, E = routed experts.
+
+- decoder layer output: vLLM's Llama-family layers return (hidden, residual) and the stream
+  after the layer is their sum. Additions and projections are applied to `residual`, out of
+  place (fused add+RMSNorm kernels mutate their inputs), which is exactly an edit of the
+  layer's output.
+- attention `o_proj` input: per-head scale of the attention output ([T, H*hd], heads are
+  sharded across TP ranks, rank r holding heads [r*H, (r+1)*H)).
+- MoE `gate` output: router logits [T, E] plus a bias row (-inf disabled, +FORCE_LOGIT forced),
+  before vLLM's top-k and renormalisation.
+Hooks are installed before the first forward pass: torch.compile traces them in, later hooks
+would be ignored by the compiled graph.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from steer_serve_vllm.steering_runtime import SteeringRuntime
@@ -24,18 +33,70 @@ def find_decoder_layers(model: nn.Module, num_layers: int) -> nn.ModuleList:
     raise RuntimeError(f"steer-serve: no ModuleList of {num_layers} decoder layers in {type(model).__name__}")
 
 
-def install_layer_hooks(layers: nn.ModuleList, runtime: SteeringRuntime) -> list[Any]:
-    """Register one hook per decoder layer; returns the handles (call .remove() to undo)."""
-    return [layer.register_forward_hook(_residual_hook(runtime, index)) for index, layer in enumerate(layers)]
+def find_router_gate(layer: nn.Module) -> nn.Module | None:
+    """The MoE router linear of a decoder layer (`mlp.gate` / `block_sparse_moe.gate`), if any."""
+    for name, module in layer.named_modules():
+        if name.split(".")[-1] == "gate" and type(module).__name__ == "GateLinear":
+            return module
+    return None
+
+
+def install_hooks(layers: nn.ModuleList, runtime: SteeringRuntime, tp_rank: int, tp_size: int) -> list[Any]:
+    """Register every hook; returns the handles (call .remove() to undo)."""
+    handles = []
+    for index, layer in enumerate(layers):
+        handles.append(layer.register_forward_hook(_residual_hook(runtime, index)))
+        o_proj = getattr(getattr(layer, "self_attn", None), "o_proj", None)
+        if o_proj is not None:
+            handles.append(o_proj.register_forward_pre_hook(_head_hook(runtime, index, tp_rank, tp_size)))
+        gate = find_router_gate(layer)
+        if gate is not None:
+            handles.append(gate.register_forward_hook(_router_hook(runtime, index)))
+    return handles
 
 
 def _residual_hook(runtime: SteeringRuntime, layer: int) -> Callable[..., Any]:
-    def add_steering(module: nn.Module, args: Any, output: Any) -> Any:
+    tables = runtime.tables
+    num_projections = tables.proj_dir.shape[2]
+
+    def edit_layer_output(module: nn.Module, args: Any, output: Any) -> Any:
         if not (isinstance(output, tuple) and len(output) == 2):
             return output  # layer outside this pipeline stage (PPMissingLayer) or another signature
-        hidden_states, residual = output  # [T, D], [T, D]
-        delta = runtime.layer_delta(layer, hidden_states.shape[0])  # [T, D]
-        return hidden_states, residual + delta
+        hidden, residual = output  # [T, D], [T, D]
+        rows = runtime.rows(hidden.shape[0])  # [T]
+        residual = residual + tables.add[layer].index_select(0, rows)  # [T, D]
+        directions = tables.proj_dir[layer].index_select(0, rows)  # [T, K, D]
+        values = tables.proj_value[layer].index_select(0, rows)  # [T, K]
+        for k in range(num_projections):
+            unit = directions[:, k]  # [T, D]; zero rows make this a no-op
+            current = ((hidden + residual) * unit).sum(dim=-1, keepdim=True)  # [T, 1]
+            residual = residual + (values[:, k : k + 1] - current) * unit  # [T, D]
+        return hidden, residual
 
-    return add_steering
+    return edit_layer_output
 
+
+def _head_hook(runtime: SteeringRuntime, layer: int, tp_rank: int, tp_size: int) -> Callable[..., Any]:
+    scale_table = runtime.tables.head_scale[layer]  # [R, H_total]
+    local_heads = scale_table.shape[1] // tp_size
+    first = tp_rank * local_heads
+
+    def scale_heads(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        attn = args[0]  # [T, H*hd]
+        num_tokens = attn.shape[0]
+        scales = scale_table[:, first : first + local_heads].index_select(0, runtime.rows(num_tokens))  # [T, H]
+        scaled = attn.view(num_tokens, local_heads, -1) * scales.unsqueeze(-1)  # [T, H, hd]
+        return (scaled.view(attn.shape), *args[1:])
+
+    return scale_heads
+
+
+def _router_hook(runtime: SteeringRuntime, layer: int) -> Callable[..., Any]:
+    bias_table = runtime.tables.router_bias[layer]  # [R, E]
+
+    def bias_router_logits(module: nn.Module, args: Any, output: Any) -> Any:
+        logits = output[0] if isinstance(output, tuple) else output  # [T, E]
+        biased = logits + bias_table[:, : logits.shape[1]].index_select(0, runtime.rows(logits.shape[0]))  # [T, E]
+        return (biased, *output[1:]) if isinstance(output, tuple) else biased
+
+    return bias_router_logits

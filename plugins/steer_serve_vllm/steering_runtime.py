@@ -1,9 +1,8 @@
-"""Per-worker steering state: persistent tables, the token->row index, request bookkeeping.
+"""Per-worker steering state: the token->row index, request bookkeeping, slot loading.
 
-Legend: L = decoder layers, S = slots (slot 0 = no steering), D = hidden size,
-T = tokens in the step (padded to the compiled/captured size), R = 2*S table rows.
-Row 2*s + phase holds slot s's addition for prompt tokens (phase 0) or generated tokens
-(phase 1), so one index per token selects both the configuration and the position phase.
+T = tokens in the step (padded to the compiled/captured size). Each token's row in the
+tables (see steering_tables.py) is 2 * slot + phase, so one index per token selects both the
+request's configuration and whether the token is a prompt or a generated token.
 
 Everything the forward pass reads is allocated once and mutated in place: the compiled graph
 (torch.compile, CUDA graphs) keeps the same tensor objects and only sees new contents.
@@ -18,21 +17,19 @@ import torch
 
 from steer_serve import wire_format
 from steer_serve.resolved_steering import ResolvedSteering
+from steer_serve.model_shape import ModelShape
 from steer_serve_vllm.slot_allocator import SlotAllocator
+from steer_serve_vllm.steering_tables import SteeringTables
 
 logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
-
-_PHASES = {"all": (0, 1), "prompt": (0,), "generated": (1,)}
 
 
 class SteeringRuntime:
     def __init__(
-        self, num_layers: int, hidden_size: int, max_reqs: int, max_tokens: int, device: torch.device, dtype: torch.dtype
+        self, shape: ModelShape, max_reqs: int, max_tokens: int, device: torch.device, dtype: torch.dtype
     ) -> None:
-        self.num_layers = num_layers
         self.slots = SlotAllocator(max_reqs)
-        num_rows = 2 * (max_reqs + 1)
-        self.add_table = torch.zeros(num_layers, num_rows, hidden_size, device=device, dtype=dtype)  # [L, R, D]
+        self.tables = SteeringTables(shape, max_reqs, device, dtype)
         self.token_rows = torch.zeros(max_tokens, dtype=torch.long, device=device)  # [T_max]
         pin = device.type == "cuda"
         self._token_rows_cpu = torch.zeros(max_tokens, dtype=torch.long, pin_memory=pin)  # [T_max]
@@ -91,18 +88,8 @@ class SteeringRuntime:
     def _assign_slots(self, fingerprints: list[str]) -> dict[str, int]:
         slot_of, loaded = self.slots.assign(fingerprints)
         for fingerprint in loaded:
-            self._load_slot(slot_of[fingerprint], self._configs[fingerprint][0])
+            self.tables.load(slot_of[fingerprint], self._configs[fingerprint][0])
         return slot_of
-
-    def _load_slot(self, slot: int, steering: ResolvedSteering) -> None:
-        rows = self.add_table[:, 2 * slot : 2 * slot + 2]  # [L, 2, D]
-        rows.zero_()
-        for add in steering.additions:
-            if not 0 <= add.layer < self.num_layers:
-                continue  # validated in the API process; never raise here
-            vector = torch.from_numpy(add.vector).to(rows.device, rows.dtype)  # [D]
-            for phase in _PHASES[add.positions]:
-                rows[add.layer, phase] += vector
 
     def _write_rows(self, rows: np.ndarray | None, num_tokens: int) -> None:
         span = max(num_tokens, self._rows_written)
@@ -115,7 +102,6 @@ class SteeringRuntime:
         self.token_rows[:span].copy_(cpu[:span], non_blocking=True)
         self._rows_written = num_tokens
 
-    # ---- forward ---------------------------------------------------------------------
-    def layer_delta(self, layer: int, num_tokens: int) -> torch.Tensor:
-        """The addition for every token of the step at `layer`: [T, D]."""
-        return self.add_table[layer].index_select(0, self.token_rows[:num_tokens])
+    def rows(self, num_tokens: int) -> torch.Tensor:
+        """Each token's table row for this step: [T]."""
+        return self.token_rows[:num_tokens]

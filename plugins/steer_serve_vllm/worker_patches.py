@@ -12,7 +12,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from steer_serve_vllm.layer_hooks import find_decoder_layers, install_layer_hooks
+from steer_serve_vllm.layer_hooks import find_decoder_layers, install_hooks
+from steer_serve_vllm.model_config import model_shape
 from steer_serve_vllm.steering_runtime import SteeringRuntime
 
 logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
@@ -28,6 +29,12 @@ class PatchRecord:
 
 
 LEDGER = (
+    PatchRecord(
+        "vllm.plugins.load_endpoint_plugins (API process; endpoint_guard.py)",
+        "raise when our endpoint plugin fails to load, instead of vLLM's log-and-continue, which "
+        "would serve every steered request unsteered",
+        "vLLM makes endpoint plugin failures fatal or configurable",
+    ),
     PatchRecord(
         "vllm.v1.worker.gpu_model_runner.GPUModelRunner.load_model",
         "allocate steering tables and install decoder-layer hooks after weights load and before "
@@ -121,17 +128,13 @@ def runtime_of(runner: Any) -> SteeringRuntime | None:
 def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
     if runtime_of(runner) is not None:
         return
-    text_config = runner.model_config.hf_text_config
-    runtime = SteeringRuntime(
-        num_layers=text_config.num_hidden_layers,
-        hidden_size=text_config.hidden_size,
-        max_reqs=runner.max_num_reqs,
-        max_tokens=runner.max_num_tokens,
-        device=runner.device,
-        dtype=runner.model_config.dtype,
-    )
-    layers = find_decoder_layers(runner.get_model(), text_config.num_hidden_layers)
-    install_layer_hooks(layers, runtime)
+    from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+
+    shape = model_shape(runner.model_config.served_model_name, runner.model_config.hf_text_config)
+    runtime = SteeringRuntime(shape, runner.max_num_reqs, runner.max_num_tokens, runner.device,
+                              runner.model_config.dtype)
+    layers = find_decoder_layers(runner.get_model(), shape.num_layers)
+    install_hooks(layers, runtime, get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size())
     setattr(runner, _RUNTIME_ATTR, runtime)
     logger.info("steer-serve: hooks on %d decoder layers, %d slots", len(layers), runner.max_num_reqs)
 

@@ -7,12 +7,18 @@ import torch
 
 from steer_serve import wire_format
 from steer_serve.resolved_steering import LayerAddition, combine_additions
+from steer_serve.model_shape import ModelShape
 from steer_serve_vllm.steering_runtime import SteeringRuntime
+
+SHAPE = ModelShape("unit", hidden_size=4, num_layers=3, num_heads=2)
 
 
 def _runtime() -> SteeringRuntime:
-    return SteeringRuntime(num_layers=3, hidden_size=4, max_reqs=4, max_tokens=16, device=torch.device("cpu"),
-                           dtype=torch.float32)
+    return SteeringRuntime(SHAPE, max_reqs=4, max_tokens=16, device=torch.device("cpu"), dtype=torch.float32)
+
+
+def _delta(runtime: SteeringRuntime, layer: int, num_tokens: int) -> torch.Tensor:
+    return runtime.tables.add[layer].index_select(0, runtime.rows(num_tokens))  # [T, D]
 
 
 def _payload(layer: int, positions: str, value: float) -> dict:
@@ -25,10 +31,10 @@ def test_each_token_gets_its_requests_phase_row() -> None:
     runtime.add_request("steered", _payload(1, "generated", 2.0))
     # batch: "plain" prefill of 3 tokens, "steered" with prompt 4: last prompt token + 1 generated token
     runtime.prepare_step(["plain", "steered"], np.array([3, 2]), np.array([0, 3]), np.array([3, 4]))
-    delta = runtime.layer_delta(1, 6)  # [T, D]
+    delta = _delta(runtime, 1, 6)  # [T, D]
     assert torch.equal(delta[:4], torch.zeros(4, 4))  # plain tokens, then the steered prompt token
     assert torch.equal(delta[4], torch.full((4,), 2.0))  # the steered generated token
-    assert torch.equal(runtime.layer_delta(0, 6), torch.zeros(6, 4))  # other layers untouched
+    assert torch.equal(_delta(runtime, 0, 6), torch.zeros(6, 4))  # other layers untouched
 
 
 def test_padding_beyond_the_step_is_no_steering() -> None:
@@ -44,7 +50,7 @@ def test_finished_requests_release_their_slot() -> None:
     for i in range(6):  # more requests over time than slots
         runtime.add_request(f"r{i}", _payload(0, "all", float(i)))
         runtime.prepare_step([f"r{i}"], np.array([1]), np.array([0]), np.array([1]))
-        assert runtime.layer_delta(0, 1)[0, 0] == float(i)
+        assert _delta(runtime, 0, 1)[0, 0] == float(i)
         runtime.remove_request(f"r{i}")
     assert runtime.num_live_requests == 0 and runtime.slots.num_resident == 0
 

@@ -1,17 +1,27 @@
-"""The independent reference: HF transformers in float32, steered by plain forward hooks.
+"""The independent reference: HF transformers in float32, edited by plain PyTorch hooks.
 
-Deliberately simple and separate from the product: each addition is a forward hook on
-`model.model.layers[L]` that adds `vector` to the layer's output at prompt tokens (prefill
-forward), generated tokens (decode forwards) or both. Greedy decoding, no stopping.
+Deliberately simple and separate from the product. Each edit is applied at prompt tokens
+(the prefill forward), generated tokens (decode forwards) or both:
+- Addition: forward hook on `model.model.layers[L]` adding a vector to the layer output;
+- Projection: forward hook setting the output's component along a unit direction to a value;
+- HeadScale: forward pre-hook on `self_attn.o_proj` scaling each head's input slice;
+- RouterEdit: HF's own router, with its `F.linear` logits edited (-inf disabled, +100 forced)
+  before HF's own softmax / top-k / renormalisation.
+Layer-output hooks run in registration order: all additions first, then projections in order.
+Greedy decoding, no stopping.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Union
 
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
+
+FORCED_LOGIT = 100.0  # documented meaning of "force" (README)
 
 
 @dataclass(frozen=True)
@@ -19,6 +29,32 @@ class Addition:
     layer: int
     vector: torch.Tensor  # [D] float32, already scaled
     positions: str = "all"
+
+
+@dataclass(frozen=True)
+class Projection:
+    layer: int
+    direction: torch.Tensor  # [D], unit norm
+    value: float = 0.0
+    positions: str = "all"
+
+
+@dataclass(frozen=True)
+class HeadScale:
+    layer: int
+    scales: torch.Tensor  # [H]
+    positions: str = "all"
+
+
+@dataclass(frozen=True)
+class RouterEdit:
+    layer: int
+    disabled: tuple[int, ...] = ()
+    forced: tuple[int, ...] = ()
+    positions: str = "all"
+
+
+Edit = Union[Addition, Projection, HeadScale, RouterEdit]
 
 
 @dataclass(frozen=True)
@@ -32,24 +68,27 @@ class HFReference:
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
 
     @torch.no_grad()
-    def greedy(self, prompt: list[int], max_tokens: int, additions: list[Addition] = ()) -> Generation:
+    def greedy(self, prompt: list[int], max_tokens: int, edits: list[Edit] = ()) -> Generation:
         phase = {"now": "prompt"}
-        handles = [self._hook(add, phase) for add in additions]
+        ordered = [e for e in edits if not isinstance(e, Projection)] + [e for e in edits if isinstance(e, Projection)]
+        handles = [handle for edit in ordered for handle in self._install(edit, phase)]
         try:
             return self._decode(prompt, max_tokens, phase)
         finally:
             for handle in handles:
                 handle.remove()
 
-    def _hook(self, add: Addition, phase: dict[str, str]):
-        def add_vector(module, args, output):
-            if add.positions not in ("all", phase["now"]):
-                return output
-            if isinstance(output, tuple):
-                return (output[0] + add.vector, *output[1:])
-            return output + add.vector
-
-        return self.model.model.layers[add.layer].register_forward_hook(add_vector)
+    def _install(self, edit: Edit, phase: dict[str, str]) -> list[Any]:
+        active = lambda: edit.positions in ("all", phase["now"])  # noqa: E731
+        layer = self.model.model.layers[edit.layer]
+        if isinstance(edit, Addition):
+            return [layer.register_forward_hook(_on_output(active, lambda h: h + edit.vector))]
+        if isinstance(edit, Projection):
+            d = edit.direction
+            return [layer.register_forward_hook(_on_output(active, lambda h: h + (edit.value - h @ d)[..., None] * d))]
+        if isinstance(edit, HeadScale):
+            return [layer.self_attn.o_proj.register_forward_pre_hook(_scale_heads(active, edit.scales))]
+        return _edit_router(layer.mlp.gate, active, edit)
 
     def _decode(self, prompt: list[int], max_tokens: int, phase: dict[str, str]) -> Generation:
         out = self.model(torch.tensor([prompt]), use_cache=True)
@@ -62,3 +101,46 @@ class HFReference:
             logprobs.append(float(log_probs[token]))
             out = self.model(torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
         return Generation(tokens, logprobs)
+
+
+def _on_output(active, change):
+    def hook(module, args, output):
+        if not active():
+            return output
+        if isinstance(output, tuple):
+            return (change(output[0]), *output[1:])
+        return change(output)
+
+    return hook
+
+
+def _scale_heads(active, scales: torch.Tensor):
+    def hook(module, args):
+        if not active():
+            return args
+        x = args[0]  # [B, S, H*hd]
+        heads = x.view(*x.shape[:-1], scales.shape[0], -1) * scales[:, None]
+        return (heads.view(x.shape), *args[1:])
+
+    return hook
+
+
+def _edit_router(router, active, edit: RouterEdit) -> list[Any]:
+    """Swap F.linear while HF's router runs, so its logits come out edited."""
+    original = F.linear
+
+    def edited_linear(x, weight, bias=None):
+        logits = original(x, weight, bias)
+        offset = torch.zeros(logits.shape[-1])
+        offset[list(edit.forced)] = FORCED_LOGIT
+        offset[list(edit.disabled)] = float("-inf")
+        return logits + offset
+
+    def before(module, args):
+        if active():
+            F.linear = edited_linear
+
+    def after(module, args, output):
+        F.linear = original
+
+    return [router.register_forward_pre_hook(before), router.register_forward_hook(after)]

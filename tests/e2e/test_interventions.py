@@ -1,0 +1,127 @@
+"""Every intervention type on every supported architecture equals the HF reference.
+
+Dense: Llama, Qwen2. MoE: Mixtral, Qwen2-MoE, OLMoE (tiny random configs, head_dim 64).
+Each case runs in one concurrent batch with an unsteered request, which must stay equal to
+the unedited HF model. One server per architecture (module scope), so one at a time is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from conftest import TINY_HIDDEN
+from support.completions import agreedy, assert_same_generation, assert_steering_visible
+from support.intervention_cases import ablate, add, clamp, combine, experts, heads
+from support.servers import Server
+from support.steering_cases import random_vector
+from support.tiny_models import build_tiny_model
+
+pytestmark = pytest.mark.slow
+
+PROMPT = [1, 504, 3458, 314, 260, 1345, 28, 357, 4110, 2113, 9097, 30]
+OTHER_PROMPT = [1, 2010, 41, 8812, 6354, 17, 3301, 2206]
+MAX_TOKENS = 10
+HEADS = 2
+DENSE = ["llama", "qwen2"]
+MOE = ["mixtral", "qwen2_moe", "olmoe"]
+
+V1, V2, V3 = (random_vector(TINY_HIDDEN, seed) for seed in (21, 22, 23))
+
+
+def dense_cases() -> dict[str, tuple[dict, list]]:
+    return {
+        "ablate": combine(ablate(V1, [1, 2])),
+        "clamp-generated": combine(clamp(V2, [0], 3.0, "generated")),
+        "two-projections-one-layer": combine(ablate(V1, [1]), clamp(V2, [1], -2.0, "prompt")),
+        "heads-mask-and-scale": combine(heads(HEADS, {0: [1]}, {2: {0: 2.5}})),
+        "heads-prompt-only": combine(heads(HEADS, {1: [0]}, {}, "prompt")),
+        "add+ablate+heads": combine(add(V3, [1], 0.4), ablate(V3, [1]), heads(HEADS, {3: [1]}, {}), add(V1, [2], 0.3)),
+    }
+
+
+def moe_cases() -> dict[str, tuple[dict, list]]:
+    return dense_cases() | {
+        "experts-disable": combine(experts({0: [0, 1], 2: [3]}, {})),
+        "experts-force": combine(experts({}, {1: [2]})),
+        "experts-generated": combine(experts({3: [1]}, {0: [3]}, "generated")),
+        "add+ablate+experts+heads": combine(
+            add(V1, [0], 0.4), ablate(V2, [2]), experts({1: [0]}, {2: [1]}), heads(HEADS, {0: [0]}, {})
+        ),
+    }
+
+
+@pytest.fixture(scope="module")
+def arch_dirs(tmp_path_factory, smollm2_dir):
+    return {kind: build_tiny_model(kind, tmp_path_factory.mktemp(kind), smollm2_dir) for kind in DENSE + MOE}
+
+
+@pytest.fixture(scope="module", params=DENSE + MOE)
+def arch(request, arch_dirs, log_dir):
+    from support.hf_reference import HFReference
+
+    kind = request.param
+    server = Server(arch_dirs[kind], log_dir, eager=True)
+    request.addfinalizer(server.stop)
+    return kind, server.wait_ready(), HFReference(arch_dirs[kind])
+
+
+async def _batch(server: Server, steering: dict) -> list:
+    async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
+        jobs = [agreedy(client, server.model, PROMPT, MAX_TOKENS, steering),
+                agreedy(client, server.model, OTHER_PROMPT, MAX_TOKENS)]
+        return await asyncio.gather(*jobs)
+
+
+def _cases_for(kind: str) -> dict:
+    return moe_cases() if kind in MOE else dense_cases()
+
+
+@pytest.mark.parametrize("case", sorted(moe_cases()))
+def test_intervention_matches_hf_in_mixed_batch(arch, case: str) -> None:
+    kind, server, reference = arch
+    cases = _cases_for(kind)
+    if case not in cases:
+        pytest.skip(f"{case} needs a Mixture-of-Experts model; {kind} is dense")
+    steering, edits = cases[case]
+    expected = reference.greedy(PROMPT, MAX_TOKENS, edits)
+    assert_steering_visible(expected, reference.greedy(PROMPT, MAX_TOKENS))
+
+    steered, unsteered = asyncio.run(_batch(server, steering))
+    assert_same_generation(steered, expected)
+    assert_same_generation(unsteered, reference.greedy(OTHER_PROMPT, MAX_TOKENS))
+
+
+@pytest.mark.parametrize("steering, fragment", [
+    ({"interventions": [{"type": "experts", "disable": {"0": [9]}}]}, "expert 9 does not exist in layer 0"),
+    ({"interventions": [{"type": "experts", "disable": {"7": [0]}}]}, "layer 7 has no experts"),
+    ({"interventions": [{"type": "experts", "disable": {"0": [0]}, "force": {"0": [0]}}]}, "both disabled and forced"),
+    ({"interventions": [{"type": "experts", "force": {"0": [0, 1, 2]}}]}, "3 experts forced"),
+    ({"interventions": [{"type": "experts", "disable": {"0": [0, 1, 2]}}]}, "only 1 experts left enabled"),
+    ({"interventions": [{"type": "experts"}]}, "give `disable` and/or `force`"),
+    ({"interventions": [{"type": "heads", "mask": {"0": [2]}}]}, "head 2 does not exist"),
+    ({"interventions": [{"type": "heads", "mask": {"9": [0]}}]}, "layer 9 is out of range"),
+    ({"interventions": [{"type": "heads", "scale": {"0": {"x": 1.0}}}]}, "is not a head number"),
+    ({"interventions": [{"type": "ablate", "vector": [0.0] * TINY_HIDDEN, "layers": [0]}]}, "zero norm"),
+    ({"interventions": [{"type": "clamp", "vector": V1.tolist(), "layers": [0]}]}, "value"),
+    ({"interventions": [{"type": "ablate", "vector": V1.tolist(), "layers": [0]}] * 3}, "at most 2 per layer"),
+])
+def test_invalid_new_types_are_400(arch, steering: dict, fragment: str) -> None:
+    kind, server, _ = arch
+    if kind != "mixtral":
+        pytest.skip("checked once, on an MoE server")
+    body = {"model": server.model, "prompt": "Hi", "max_tokens": 2, "steering": steering}
+    response = server.client.post("/v1/completions", json=body)
+    assert response.status_code == 400, response.text
+    assert fragment in response.json()["error"]["message"]
+    assert server.client.post("/v1/completions", json=body | {"steering": None}).status_code == 200
+
+
+def test_experts_on_a_dense_model_is_400(tiny_eager_server) -> None:
+    body = {"model": tiny_eager_server.model, "prompt": "Hi", "max_tokens": 2,
+            "steering": {"interventions": [{"type": "experts", "disable": {"0": [0]}}]}}
+    response = tiny_eager_server.client.post("/v1/completions", json=body)
+    assert response.status_code == 400
+    assert "no Mixture-of-Experts layers" in response.json()["error"]["message"]
