@@ -1,0 +1,55 @@
+"""Metrics: one module, `steer_serve:` names, bounded labels; the recorder fills them per arm."""
+
+from __future__ import annotations
+
+import json
+
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+from steer_serve import metrics
+from steer_serve.experiments.exposure_recorder import ExposureRecorder
+from steer_serve.experiments.jsonl_log import read_records
+from steer_serve.experiments.response_observer import Observation
+from steer_serve.request_gateway import RequestGateway
+from support.experiments import experiment, selector, two_arms, write_experiments
+from support.libraries import resolver, vector
+
+ADD = [{"type": "add", "vector": "v", "layers": [1], "scale": 2.0}]
+
+
+def test_every_metric_is_prefixed_and_in_the_default_registry() -> None:
+    defined = [value for value in vars(metrics).values() if isinstance(value, MetricWrapperBase)]
+    assert len(defined) == 8
+    registered = {name for collector in REGISTRY._collector_to_names for name in REGISTRY._collector_to_names[collector]}
+    for metric in defined:
+        assert metric._name.startswith("steer_serve:"), metric._name
+        assert {metric._name, f"{metric._name}_total"} & registered, metric._name
+        assert not {"user", "unit", "request_id"} & set(metric._labelnames)
+
+
+def test_rejection_reasons_are_a_fixed_vocabulary() -> None:
+    assert metrics.rejection_reason(400, "steering.interventions[3].layers") == "layers"
+    assert metrics.rejection_reason(400, "steering.interventions[0].vector") == "vector"
+    assert metrics.rejection_reason(400, "steerng") == "other"
+    assert metrics.rejection_reason(400, "vllm_xargs.steering") == "steering"
+    assert metrics.rejection_reason(413, None) == "body_too_large"
+
+
+def test_recorder_fills_series_per_arm_and_logs_only_experiment_requests(tmp_path) -> None:
+    resolve = resolver(tmp_path, v=vector())
+    gateway = RequestGateway(resolve, selector(write_experiments(tmp_path / "exp", experiment("rec", two_arms(ADD))), resolve))
+    log = tmp_path / "exposures.jsonl"
+    recorder = ExposureRecorder("tiny", log)
+    seen = Observation("chatcmpl-7", 200, False, True, 0.02, 0.3, 5, "chunks", "length")
+    for user in ("alice-secret", "bob-secret", "carol-secret", "dave-secret", "erin-secret"):
+        decision = gateway.prepare("/v1/chat/completions", json.dumps({"user": user}).encode(), {})
+        recorder.record(decision.assignment, decision.fingerprint, seen)
+    recorder.record(None, None, seen)  # a request outside any experiment: metrics only
+    records = list(read_records(log))
+    assert len(records) == 5 and {r["arm"] for r in records} == {"control", "treatment"}
+    text = generate_latest(REGISTRY).decode()
+    assert 'steer_serve:requests_total{arm="treatment",experiment="rec",model="tiny",status="200"}' in text
+    assert 'steer_serve:time_to_first_token_seconds_count{arm="control",experiment="rec"}' in text
+    assert 'steer_serve:generation_tokens_total{arm="none",experiment="none"}' in text
+    assert "secret" not in text and "secret" not in log.read_text()
