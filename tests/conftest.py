@@ -92,3 +92,31 @@ def tiny_reference(tiny_llama_dir) -> HFReference:
 @pytest.fixture(scope="session")
 def smollm2_reference(smollm2_dir) -> HFReference:
     return HFReference(smollm2_dir)
+
+
+ADMIN_KEY = "test-admin-key"
+
+
+@pytest.fixture(scope="session")
+def experiments_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two running experiments for the tiny model: `a_session` keyed by a header, `tone` by `user`."""
+    from support.experiments import experiment, write_experiments
+
+    treatment = [{"type": "add", "vector": "tiny_a", "scale": 4.0}]
+    return write_experiments(
+        tmp_path_factory.mktemp("experiments"),
+        experiment("a_session", [{"name": "control", "weight": 1, "control": True},
+                                 {"name": "steered", "weight": 1, "interventions": treatment}],
+                   unit={"header": "x-session-id"}),
+        experiment("tone", [{"name": "control", "weight": 2, "control": True},
+                            {"name": "strong", "weight": 1, "interventions": treatment},
+                            {"name": "inline", "weight": 1, "interventions": [
+                                {"type": "add", "vector": [0.5] * TINY_HIDDEN, "layers": [1, 2], "scale": 2.0}]}]),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment_server(request, tiny_llama_dir, tiny_vector_dir, experiments_dir, log_dir) -> Server:
+    """The tiny model serving the experiments above, with an admin key (one server for all experiment e2e tests)."""
+    return _serve(request, model=tiny_llama_dir, log_dir=log_dir, vector_dir=tiny_vector_dir, eager=True,
+                  extra_args=["--experiments", str(experiments_dir), "--admin-key", ADMIN_KEY])

@@ -13,6 +13,9 @@ import httpx
 
 STARTUP_TIMEOUT_S = 600
 VLLM_ENTRY = "vllm.entrypoints.launchers.api_server.entry"
+# Run servers from the repository root: from tests/, the folder tests/steer_serve/ would shadow
+# the installed `steer_serve` package (python -m puts the working directory first on sys.path).
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -43,7 +46,8 @@ class Server:
             command = [sys.executable, "-m", VLLM_ENTRY, *args]
             run_env["VLLM_PLUGINS"] = ""  # an allow-list that matches no plugin
         self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=run_env)
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=run_env,
+                                        cwd=REPO_ROOT)
         self.client = httpx.Client(base_url=self.url, timeout=300)
 
     def wait_ready(self) -> "Server":
