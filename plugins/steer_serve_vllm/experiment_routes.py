@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
 from steer_serve import metrics
 from steer_serve.experiments.arm_selector import ArmSelector, LiveExperiment
@@ -27,7 +27,7 @@ ALL = "all"
 class KillSwitch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    engaged: bool
+    engaged: StrictBool  # "yes" must not engage a kill switch by coercion
 
 
 def _error(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
