@@ -53,3 +53,16 @@ def test_recorder_fills_series_per_arm_and_logs_only_experiment_requests(tmp_pat
     assert 'steer_serve:time_to_first_token_seconds_count{arm="control",experiment="rec"}' in text
     assert 'steer_serve:generation_tokens_total{arm="none",experiment="none"}' in text
     assert "secret" not in text and "secret" not in log.read_text()
+
+
+def test_grafana_dashboard_only_queries_metrics_we_export() -> None:
+    import re
+
+    from steer_serve.settings import REPO_CONFIGS
+
+    dashboard = json.loads((REPO_CONFIGS / "grafana" / "steer-serve-experiments.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {re.sub(r"_(total|bucket)$", "", name) for e in exprs for name in re.findall(r"steer_serve:[a-z0-9_]+", e)}
+    exported = {value._name for value in vars(metrics).values() if isinstance(value, MetricWrapperBase)}
+    assert used and used <= exported, used - exported
+    assert all("arm" in e for e in exprs if "experiment=" in e and "kill" not in e)  # arms side by side
