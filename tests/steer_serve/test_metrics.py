@@ -66,3 +66,8 @@ def test_grafana_dashboard_only_queries_metrics_we_export() -> None:
     exported = {value._name for value in vars(metrics).values() if isinstance(value, MetricWrapperBase)}
     assert used and used <= exported, used - exported
     assert all("arm" in e for e in exprs if "experiment=" in e and "kill" not in e)  # arms side by side
+
+
+def test_rejection_reasons_cover_the_newer_intervention_fields() -> None:
+    assert metrics.rejection_reason(400, "steering.interventions[1].mask") == "mask"
+    assert metrics.rejection_reason(400, "steering.interventions[0].value") == "value"
