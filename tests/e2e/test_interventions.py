@@ -2,7 +2,7 @@
 
 Dense: Llama, Qwen2. MoE: Mixtral, Qwen2-MoE, OLMoE (tiny random configs, head_dim 64).
 Each case runs in one concurrent batch with an unsteered request, which must stay equal to
-the unedited HF model. One server per architecture (module scope), so one at a time is alive.
+the unedited HF model. One server per (architecture, mode) (module scope), so one at a time is alive.
 """
 
 from __future__ import annotations
@@ -53,17 +53,39 @@ def moe_cases() -> dict[str, tuple[dict, list]]:
     }
 
 
+# Every case on every architecture in eager mode; the combined cases again compiled and at TP=2.
+MODES = {
+    "eager": dict(eager=True),
+    "compiled": dict(eager=False),
+    "tp2": dict(eager=True, extra_args=["--tensor-parallel-size", "2"], env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}),
+}
+COMPILED_AND_TP_CASES = ("add+ablate+heads", "add+ablate+experts+heads", "heads-mask-and-scale", "experts-force")
+
+
+def _cases_for(kind: str) -> dict:
+    return moe_cases() if kind in MOE else dense_cases()
+
+
+def _matrix() -> list[tuple[str, str]]:
+    runs = [((kind, "eager"), case) for kind in DENSE + MOE for case in sorted(_cases_for(kind))]
+    for kind in ("llama", "mixtral"):
+        for mode in ("compiled", "tp2"):
+            runs += [((kind, mode), case) for case in COMPILED_AND_TP_CASES if case in _cases_for(kind)]
+    return runs
+
+
 @pytest.fixture(scope="module")
 def arch_dirs(tmp_path_factory, smollm2_dir):
     return {kind: build_tiny_model(kind, tmp_path_factory.mktemp(kind), smollm2_dir) for kind in DENSE + MOE}
 
 
-@pytest.fixture(scope="module", params=DENSE + MOE)
+@pytest.fixture(scope="module")
 def arch(request, arch_dirs, log_dir):
+    """A server for (architecture, mode); module scope + grouping keeps one alive at a time."""
     from support.hf_reference import HFReference
 
-    kind = request.param
-    server = Server(arch_dirs[kind], log_dir, eager=True)
+    kind, mode = request.param
+    server = Server(arch_dirs[kind], log_dir, **MODES[mode])
     request.addfinalizer(server.stop)
     return kind, server.wait_ready(), HFReference(arch_dirs[kind])
 
@@ -75,17 +97,10 @@ async def _batch(server: Server, steering: dict) -> list:
         return await asyncio.gather(*jobs)
 
 
-def _cases_for(kind: str) -> dict:
-    return moe_cases() if kind in MOE else dense_cases()
-
-
-@pytest.mark.parametrize("case", sorted(moe_cases()))
+@pytest.mark.parametrize("arch, case", _matrix(), indirect=["arch"], ids=lambda v: "-".join(v) if isinstance(v, tuple) else v)
 def test_intervention_matches_hf_in_mixed_batch(arch, case: str) -> None:
     kind, server, reference = arch
-    cases = _cases_for(kind)
-    if case not in cases:
-        pytest.skip(f"{case} needs a Mixture-of-Experts model; {kind} is dense")
-    steering, edits = cases[case]
+    steering, edits = _cases_for(kind)[case]
     expected = reference.greedy(PROMPT, MAX_TOKENS, edits)
     assert_steering_visible(expected, reference.greedy(PROMPT, MAX_TOKENS))
 
@@ -108,10 +123,9 @@ def test_intervention_matches_hf_in_mixed_batch(arch, case: str) -> None:
     ({"interventions": [{"type": "clamp", "vector": V1.tolist(), "layers": [0]}]}, "value"),
     ({"interventions": [{"type": "ablate", "vector": V1.tolist(), "layers": [0]}] * 3}, "at most 2 per layer"),
 ])
+@pytest.mark.parametrize("arch", [("mixtral", "eager")], indirect=True, ids=["mixtral-eager"])
 def test_invalid_new_types_are_400(arch, steering: dict, fragment: str) -> None:
-    kind, server, _ = arch
-    if kind != "mixtral":
-        pytest.skip("checked once, on an MoE server")
+    _, server, _ = arch
     body = {"model": server.model, "prompt": "Hi", "max_tokens": 2, "steering": steering}
     response = server.client.post("/v1/completions", json=body)
     assert response.status_code == 400, response.text
