@@ -41,6 +41,8 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
         env["STEER_SERVE_EXPOSURE_LOG"] = str(Path(args.exposure_log).resolve())
     if args.admin_key is not None:
         env["STEER_SERVE_ADMIN_KEY"] = args.admin_key
+    if args.max_dose is not None:
+        env["STEER_SERVE_MAX_DOSE"] = str(args.max_dose)
     return env
 
 
@@ -124,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--experiments", default=None, help="directory of A/B experiment YAML files")
     serve.add_argument("--exposure-log", default=None, help="exposure JSONL (default: <experiments>/exposures.jsonl)")
     serve.add_argument("--admin-key", default=None, help="bearer key for admin routes (or env STEER_SERVE_ADMIN_KEY)")
+    serve.add_argument("--max-dose", type=float, default=None,
+                       help="dose guardrail: clip each token's added vector to this fraction of the layer output's norm")
     serve.set_defaults(handler=_run_serve)
 
     extract = commands.add_parser("extract", help="difference-of-means vector from contrastive pairs (JSONL)")

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     vector_dir: Path = Field(REPO_CONFIGS / "vectors", description="steering vector library directory")
     max_interventions: int = Field(16, ge=1, description="interventions allowed in one request")
     max_abs_scale: float = Field(1000.0, gt=0, description="largest |scale| accepted")
+    max_dose: float | None = Field(
+        None, gt=0, description="clip |added vector| to max_dose * |layer output| per token (engine side); None: off"
+    )
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body accepted")
 
     experiments_dir: Path | None = Field(None, description="directory of experiment YAML files; None: no experiments")

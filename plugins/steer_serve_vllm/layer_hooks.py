@@ -41,11 +41,12 @@ def find_router_gate(layer: nn.Module) -> nn.Module | None:
     return None
 
 
-def install_hooks(layers: nn.ModuleList, runtime: SteeringRuntime, tp_rank: int, tp_size: int) -> list[Any]:
+def install_hooks(layers: nn.ModuleList, runtime: SteeringRuntime, tp_rank: int, tp_size: int,
+                  max_dose: float | None = None) -> list[Any]:
     """Register every hook; returns the handles (call .remove() to undo)."""
     handles = []
     for index, layer in enumerate(layers):
-        handles.append(layer.register_forward_hook(_residual_hook(runtime, index)))
+        handles.append(layer.register_forward_hook(_residual_hook(runtime, index, max_dose)))
         o_proj = getattr(getattr(layer, "self_attn", None), "o_proj", None)
         if o_proj is not None:
             handles.append(o_proj.register_forward_pre_hook(_head_hook(runtime, index, tp_rank, tp_size)))
@@ -55,7 +56,7 @@ def install_hooks(layers: nn.ModuleList, runtime: SteeringRuntime, tp_rank: int,
     return handles
 
 
-def _residual_hook(runtime: SteeringRuntime, layer: int) -> Callable[..., Any]:
+def _residual_hook(runtime: SteeringRuntime, layer: int, max_dose: float | None) -> Callable[..., Any]:
     tables = runtime.tables
     num_projections = tables.proj_dir.shape[2]
 
@@ -64,7 +65,10 @@ def _residual_hook(runtime: SteeringRuntime, layer: int) -> Callable[..., Any]:
             return output  # layer outside this pipeline stage (PPMissingLayer) or another signature
         hidden, residual = output  # [T, D], [T, D]
         rows = runtime.rows(hidden.shape[0])  # [T]
-        residual = residual + tables.add[layer].index_select(0, rows)  # [T, D]
+        delta = tables.add[layer].index_select(0, rows)  # [T, D]
+        if max_dose is not None:  # a server setting, fixed at trace time
+            delta = _clip_dose(delta, hidden + residual, max_dose)
+        residual = residual + delta  # [T, D]
         directions = tables.proj_dir[layer].index_select(0, rows)  # [T, K, D]
         values = tables.proj_value[layer].index_select(0, rows)  # [T, K]
         for k in range(num_projections):
@@ -74,6 +78,13 @@ def _residual_hook(runtime: SteeringRuntime, layer: int) -> Callable[..., Any]:
         return hidden, residual
 
     return edit_layer_output
+
+
+def _clip_dose(delta: torch.Tensor, stream: torch.Tensor, max_dose: float) -> torch.Tensor:
+    """Scale each token's addition down to at most max_dose * |layer output| (dose guardrail)."""
+    limit = max_dose * stream.norm(dim=-1, keepdim=True)  # [T, 1]
+    size = delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [T, 1]
+    return delta * (limit / size).clamp(max=1.0)  # [T, D]
 
 
 def _head_hook(runtime: SteeringRuntime, layer: int, tp_rank: int, tp_size: int) -> Callable[..., Any]:

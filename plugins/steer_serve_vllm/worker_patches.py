@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from steer_serve.settings import Settings
 from steer_serve_vllm.layer_hooks import find_decoder_layers, install_hooks
 from steer_serve_vllm.model_config import model_shape
 from steer_serve_vllm.steering_runtime import SteeringRuntime
@@ -134,9 +135,11 @@ def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
     runtime = SteeringRuntime(shape, runner.max_num_reqs, runner.max_num_tokens, runner.device,
                               runner.model_config.dtype)
     layers = find_decoder_layers(runner.get_model(), shape.num_layers)
-    install_hooks(layers, runtime, get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size())
+    max_dose = Settings().max_dose  # the API server's environment is inherited by engine processes
+    install_hooks(layers, runtime, get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size(), max_dose)
     setattr(runner, _RUNTIME_ATTR, runtime)
-    logger.info("steer-serve: hooks on %d decoder layers, %d slots", len(layers), runner.max_num_reqs)
+    logger.info("steer-serve: hooks on %d decoder layers, %d slots, dose guardrail %s",
+                len(layers), runner.max_num_reqs, max_dose or "off")
 
 
 def _after_update_states(runner: Any, scheduler_output: Any) -> None:

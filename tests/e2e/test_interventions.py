@@ -25,6 +25,8 @@ PROMPT = [1, 504, 3458, 314, 260, 1345, 28, 357, 4110, 2113, 9097, 30]
 OTHER_PROMPT = [1, 2010, 41, 8812, 6354, 17, 3301, 2206]
 MAX_TOKENS = 10
 HEADS = 2
+MAX_DOSE = 0.5
+DOSE = "dose-clipped"  # only on a server started with the dose guardrail
 DENSE = ["llama", "qwen2"]
 MOE = ["mixtral", "qwen2_moe", "olmoe"]
 
@@ -58,20 +60,30 @@ MODES = {
     "eager": dict(eager=True),
     "compiled": dict(eager=False),
     "tp2": dict(eager=True, extra_args=["--tensor-parallel-size", "2"], env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}),
+    "dose": dict(eager=True, env={"STEER_SERVE_MAX_DOSE": str(MAX_DOSE)}),
 }
 COMPILED_AND_TP_CASES = ("add+ablate+heads", "add+ablate+experts+heads", "heads-mask-and-scale", "experts-force")
 
 
 def _cases_for(kind: str) -> dict:
-    return moe_cases() if kind in MOE else dense_cases()
+    cases = moe_cases() if kind in MOE else dense_cases()
+    return cases | {DOSE: combine(add(V1, [1, 2], 0.4, max_dose=MAX_DOSE))}
+
+
+def test_dose_case_is_really_clipped(tiny_reference) -> None:
+    """Guard for the dose case: the clipped reference differs from the unclipped one."""
+    _, clipped = combine(add(V1, [1, 2], 0.4, max_dose=MAX_DOSE))
+    _, unclipped = combine(add(V1, [1, 2], 0.4))
+    assert tiny_reference.greedy(PROMPT, MAX_TOKENS, clipped).logprobs != tiny_reference.greedy(
+        PROMPT, MAX_TOKENS, unclipped).logprobs
 
 
 def _matrix() -> list[tuple[str, str]]:
-    runs = [((kind, "eager"), case) for kind in DENSE + MOE for case in sorted(_cases_for(kind))]
+    runs = [((kind, "eager"), case) for kind in DENSE + MOE for case in sorted(_cases_for(kind)) if case != DOSE]
     for kind in ("llama", "mixtral"):
         for mode in ("compiled", "tp2"):
             runs += [((kind, mode), case) for case in COMPILED_AND_TP_CASES if case in _cases_for(kind)]
-    return runs
+    return runs + [(("llama", "dose"), DOSE)]
 
 
 @pytest.fixture(scope="module")

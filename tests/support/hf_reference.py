@@ -29,6 +29,14 @@ class Addition:
     layer: int
     vector: torch.Tensor  # [D] float32, already scaled
     positions: str = "all"
+    max_dose: float | None = None  # clip |vector| to max_dose * |layer output| per token
+
+
+def _dosed(h: torch.Tensor, add: Addition) -> torch.Tensor:
+    if add.max_dose is None:
+        return h + add.vector
+    factor = torch.clamp(add.max_dose * h.norm(dim=-1, keepdim=True) / add.vector.norm(), max=1.0)
+    return h + factor * add.vector
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,7 @@ class HFReference:
         active = lambda: edit.positions in ("all", phase["now"])  # noqa: E731
         layer = self.model.model.layers[edit.layer]
         if isinstance(edit, Addition):
-            return [layer.register_forward_hook(_on_output(active, lambda h: h + edit.vector))]
+            return [layer.register_forward_hook(_on_output(active, lambda h: _dosed(h, edit)))]
         if isinstance(edit, Projection):
             d = edit.direction
             return [layer.register_forward_hook(_on_output(active, lambda h: h + (edit.value - h @ d)[..., None] * d))]

@@ -15,9 +15,10 @@ from support.hf_reference import Addition, Edit, HeadScale, Projection, RouterEd
 Built = tuple[dict, list[Edit]]
 
 
-def add(vector: np.ndarray, layers: list[int], scale: float, positions: str = "all") -> Built:
+def add(vector: np.ndarray, layers: list[int], scale: float, positions: str = "all",
+        max_dose: float | None = None) -> Built:
     spec = {"type": "add", "vector": vector.tolist(), "layers": layers, "scale": scale, "positions": positions}
-    return spec, [Addition(layer, scale * torch.from_numpy(vector), positions) for layer in layers]
+    return spec, [Addition(layer, scale * torch.from_numpy(vector), positions, max_dose) for layer in layers]
 
 
 def ablate(vector: np.ndarray, layers: list[int], positions: str = "all") -> Built:
