@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make serve` (the server on the default model) and `make test`.
 # Both install everything first (scripts/setup.sh, idempotent).
-.PHONY: setup serve test test-fast
+.PHONY: setup serve test test-fast loadtest
 
 PORT ?= 8000
 export HF_HUB_OFFLINE := 1
@@ -16,3 +16,7 @@ test: setup
 
 test-fast: setup
 	.venv/bin/python -m pytest tests -q -m "not slow" $(ARGS)
+
+# The standard comparison against plain vLLM on this machine (~30 min on 2 cores); see loadtests/.
+loadtest: setup
+	.venv/bin/python -m loadtests.compare --out loadtests/reports/$(or $(REPORT),cpu-default) $(ARGS)

@@ -1,0 +1,62 @@
+"""Workloads: who is steered, with what. Each builds the benchmark's request list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from loadtests.vllm_bench import BenchRequest
+
+SteeringFor = Callable[[int], dict | None]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # served model name
+    hidden_size: int
+    num_layers: int
+
+
+def _vector(hidden: int, seed: int, norm: float = 1.0) -> list[float]:
+    v = np.random.default_rng(seed).standard_normal(hidden)
+    return (norm * v / np.linalg.norm(v)).round(6).tolist()
+
+
+def distinct_vectors(model: ModelSpec, k: int, layers: int) -> SteeringFor:
+    """Request i carries vector i % k, added on `layers` consecutive middle layers."""
+    first = max(0, (model.num_layers - layers) // 2)
+    chosen = list(range(first, first + layers))
+    vectors = [_vector(model.hidden_size, seed) for seed in range(k)]
+    return lambda i: {"interventions": [{"type": "add", "vector": vectors[i % k], "layers": chosen, "scale": 0.5}]}
+
+
+def mixed(steered: SteeringFor) -> SteeringFor:
+    """Every other request steered."""
+    return lambda i: steered(i) if i % 2 == 0 else None
+
+
+def unsteered(i: int) -> None:
+    return None
+
+
+def experts_mask(layers: int) -> SteeringFor:
+    """Request i disables expert i % 4 on the first `layers` MoE layers (MoE models only)."""
+    return lambda i: {"interventions": [{"type": "experts", "disable": {str(l): [i % 4] for l in range(layers)}}]}
+
+
+def build_requests(steering_for: SteeringFor, num_requests: int, input_len: int, output_len: int,
+                   vocab: int = 49152, users: bool = False, seed: int = 0) -> list[BenchRequest]:
+    rng = np.random.default_rng(seed)
+    requests = []
+    for i in range(num_requests):
+        prompt = rng.integers(100, vocab - 100, size=input_len).tolist()
+        overrides: dict = {}
+        steering = steering_for(i)
+        if steering is not None:
+            overrides["steering"] = steering
+        if users:
+            overrides["user"] = f"user-{i}"
+        requests.append(BenchRequest(prompt, output_len, overrides or None))
+    return requests
