@@ -34,11 +34,13 @@ def read_vector(path: Path) -> SteeringVector:
     raise VectorFormatError(f"{path.name}: unsupported suffix (use {' or '.join(SUFFIXES)})")
 
 
-def write_vector(vector: SteeringVector, path: Path) -> None:
+def write_vector(vector: SteeringVector, path: Path) -> list[str]:
+    """Write by suffix; returns warnings (GGUF with `direction.0`, which llama.cpp refuses)."""
     if path.suffix == ".safetensors":
         write_safetensors(vector, path)
+        return []
     elif path.suffix == ".gguf":
-        write_gguf(vector, path)
+        return write_gguf(vector, path)
     else:
         raise VectorFormatError(f"{path.name}: unsupported suffix (use {' or '.join(SUFFIXES)})")
 
@@ -132,3 +134,45 @@ def _build(directions: dict[int, np.ndarray], metadata: dict[str, str], source: 
         return SteeringVector(directions=directions, metadata=metadata)
     except ValueError as exc:
         raise VectorFormatError(f"{source}: {exc}") from exc
+
+
+# ---- bytes in, bytes out (uploads and exports of the runtime library) --------------------------
+GGUF_MAGIC = b"GGUF"
+
+
+def sniff_suffix(data: bytes) -> str:
+    """`.gguf` or `.safetensors` from the first bytes (a client's file name is not trusted)."""
+    if data[:4] == GGUF_MAGIC:
+        return ".gguf"
+    if len(data) >= 9 and data[8:9] == b"{":  # safetensors: u64 header length, then a JSON object
+        return ".safetensors"
+    raise VectorFormatError("neither a safetensors file nor a GGUF control vector (unrecognised first bytes)")
+
+
+def read_vector_bytes(data: bytes) -> SteeringVector:
+    """Parse an uploaded vector (format sniffed). Any failure is a VectorFormatError, never a crash."""
+    import tempfile
+
+    suffix = sniff_suffix(data)
+    with tempfile.TemporaryDirectory(prefix="steer-serve-upload-") as tmp:
+        path = Path(tmp) / f"upload{suffix}"
+        path.write_bytes(data)
+        try:
+            vector = read_vector(path)
+        except VectorFormatError:
+            raise
+        except Exception as exc:  # a reader bug on hostile input must still be a clear 400
+            raise VectorFormatError(f"{path.name}: cannot read ({type(exc).__name__}: {exc})") from exc
+    # own copies: nothing may keep pointing into the (deleted) temp file
+    return SteeringVector({k: np.array(v, dtype=np.float32, copy=True) for k, v in vector.directions.items()},
+                          dict(vector.metadata))
+
+
+def vector_bytes(vector: SteeringVector, suffix: str) -> tuple[bytes, list[str]]:
+    """The file contents of `vector` as `.safetensors` or `.gguf`, and the writer's warnings."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="steer-serve-export-") as tmp:
+        path = Path(tmp) / f"vector{suffix}"
+        warnings = write_vector(vector, path) or []
+        return path.read_bytes(), warnings

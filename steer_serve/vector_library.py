@@ -1,27 +1,50 @@
-"""The vector library: a directory of named steering vectors, loaded at start.
+"""The vector library: a directory of named steering vectors, changeable at runtime.
 
-A vector's name is its file stem. Files that cannot be used with the served model (bad file,
-wrong hidden size, layers beyond the model, duplicate names) are kept out of the library, and
-the reason is remembered so a request naming them gets a precise error.
+A vector's name is its file stem (`NAME.safetensors` or `NAME.gguf`); an optional JSON sidecar
+`NAME.json` next to it holds its record (model id, hidden size, layers, method, source data,
+created, content hash). Files that cannot be used with the served model (bad file, wrong hidden
+size, layers beyond the model, duplicate names) are kept out of the library, and the reason is
+remembered so a request naming them gets a precise error.
+
+Runtime changes (`register`, `delete`) write to disk atomically (temp file + rename) and then
+re-read the directory, so memory always matches disk and changes survive a restart. Readers see
+an immutable snapshot that writers swap in whole (copy-on-write), under one lock for writers.
+Other API-server processes notice the change on their next lookup: at most once per `poll_s`
+each process compares the directory's (name, mtime, size) list with the one it loaded from.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
+from steer_serve.library_files import DirectoryWatch, atomic_write, check_name, remove, scan
 from steer_serve.model_shape import ModelShape
 from steer_serve.steering_vector import SteeringVector
-from steer_serve.vector_formats import SUFFIXES, VectorFormatError, read_vector
+from steer_serve.vector_formats import SUFFIXES, VectorFormatError, read_vector, read_vector_bytes, vector_bytes
 
 logger = logging.getLogger(__name__)
 
-VECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+VECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # kept for callers; use check_name (fullmatch)
+SIDECAR = ".json"
+STORED_SUFFIX = ".safetensors"  # what runtime registration writes (GGUF uploads are converted)
+MAX_METADATA_KEYS = 64
+MAX_METADATA_VALUE = 4096
+RECORD_FIELDS = ("model_id", "hidden_size", "layers", "method", "source_data", "created", "content_sha256",
+                 "description")
+
+
+class NameTaken(Exception):
+    """Registration under a name that is already in use (pass replace=True to swap it)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +53,7 @@ class LibraryEntry:
     vector: SteeringVector
     path: Path
     file_sha256: str
+    record: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, object]:
         norms = {str(layer): float(np.linalg.norm(self.vector.directions[layer])) for layer in self.vector.layers}
@@ -42,6 +66,7 @@ class LibraryEntry:
             "sha256": self.file_sha256,
             "format": self.path.suffix.lstrip("."),
             "metadata": dict(self.vector.metadata),
+            **{key: self.record.get(key) for key in RECORD_FIELDS},
         }
 
 
@@ -54,45 +79,217 @@ def check_fits(vector: SteeringVector, shape: ModelShape) -> None:
         raise ValueError(f"layers {outside} are outside the model's 0..{shape.num_layers - 1}")
 
 
+def clean_metadata(raw: Any) -> dict[str, str]:
+    """User metadata for a registration: a flat JSON object of strings/numbers/booleans, bounded."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError("metadata must be a JSON object")
+    if len(raw) > MAX_METADATA_KEYS:
+        raise ValueError(f"metadata has {len(raw)} keys; at most {MAX_METADATA_KEYS}")
+    cleaned: dict[str, str] = {}
+    for key, value in raw.items():
+        if not isinstance(key, str) or not 0 < len(key) <= 128:
+            raise ValueError(f"metadata key {key!r} must be a string of 1-128 characters")
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            value = str(value)
+        if not isinstance(value, str) or len(value) > MAX_METADATA_VALUE:
+            raise ValueError(f"metadata[{key!r}] must be a string, number or boolean of at most {MAX_METADATA_VALUE} characters")
+        cleaned[key] = value
+    return cleaned
+
+
+def make_record(vector: SteeringVector, sidecar: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The standard record of a vector: from its sidecar when that describes these numbers,
+    otherwise from the file's own metadata (e.g. `steer-serve extract` writes model/method/dataset)."""
+    meta = vector.metadata
+    record: dict[str, Any] = {
+        "model_id": meta.get("model") or meta.get("model_id") or meta.get("model_hint") or None,
+        "hidden_size": vector.dim,
+        "layers": vector.layers,
+        "method": meta.get("method"),
+        "source_data": meta.get("source_data") or meta.get("dataset") or meta.get("source"),
+        "created": meta.get("created"),
+        "content_sha256": vector.content_sha256(),
+        "description": meta.get("description"),
+    }
+    if sidecar and sidecar.get("content_sha256") == record["content_sha256"]:
+        for key in ("model_id", "method", "source_data", "created", "description"):
+            if sidecar.get(key) is not None:
+                record[key] = sidecar[key]
+    return record
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    entries: dict[str, LibraryEntry]
+    rejected: dict[str, str]
+
+
 class VectorLibrary:
-    def __init__(self, entries: dict[str, LibraryEntry], rejected: dict[str, str]) -> None:
-        self._entries = entries
-        self.rejected = rejected
+    def __init__(self, directory: Path, shape: ModelShape, *, poll_s: float = 1.0,
+                 on_change: Callable[[int], None] | None = None) -> None:
+        self.directory = Path(directory)
+        self.shape = shape
+        self._on_change = on_change
+        self._lock = threading.RLock()
+        self._watch = DirectoryWatch(self.directory, SUFFIXES + (SIDECAR,), poll_s)
+        self._cache: dict[tuple[Any, ...], LibraryEntry | str] = {}
+        self._snapshot = _Snapshot({}, {})
+        with self._lock:
+            self._reload()
+        snapshot = self._snapshot
+        logger.info("vector library %s: %d loaded, %d rejected", directory, len(snapshot.entries), len(snapshot.rejected))
 
     @classmethod
-    def load_dir(cls, directory: Path, shape: ModelShape) -> VectorLibrary:
-        entries: dict[str, LibraryEntry] = {}
-        rejected: dict[str, str] = {}
-        files = sorted(p for p in directory.glob("*") if p.suffix in SUFFIXES) if directory.is_dir() else []
-        for path in files:
-            name = path.stem
-            try:
-                entries[name] = _load_entry(path, shape, duplicate=name in entries or name in rejected)
-            except (VectorFormatError, ValueError) as exc:
-                entries.pop(name, None)
-                rejected[name] = f"{path.name}: {exc}"
-                logger.warning("vector %s not loaded: %s", name, rejected[name])
-        logger.info("vector library %s: %d loaded, %d rejected", directory, len(entries), len(rejected))
-        return cls(entries, rejected)
+    def load_dir(cls, directory: Path, shape: ModelShape, **kwargs: Any) -> VectorLibrary:
+        return cls(directory, shape, **kwargs)
+
+    # ---- reading (any thread; never blocks on a writer) ---------------------------------
+    @property
+    def rejected(self) -> dict[str, str]:
+        self.refresh()
+        return dict(self._snapshot.rejected)
+
+    def __len__(self) -> int:
+        self.refresh()
+        return len(self._snapshot.entries)
 
     def get(self, name: str) -> LibraryEntry:
         """Return the entry; KeyError with a message that says why the name is unusable."""
-        if name in self._entries:
-            return self._entries[name]
-        if name in self.rejected:
-            raise KeyError(f"vector {name!r} is in the library but unusable: {self.rejected[name]}")
-        known = ", ".join(sorted(self._entries)) or "none"
+        self.refresh()
+        snapshot = self._snapshot
+        if name in snapshot.entries:
+            return snapshot.entries[name]
+        if name in snapshot.rejected:
+            raise KeyError(f"vector {name!r} is in the library but unusable: {snapshot.rejected[name]}")
+        known = ", ".join(sorted(snapshot.entries)) or "none"
         raise KeyError(f"unknown vector {name!r} (available: {known})")
 
     def describe(self) -> list[dict[str, object]]:
-        return [self._entries[name].describe() for name in sorted(self._entries)]
+        self.refresh()
+        entries = self._snapshot.entries
+        return [entries[name].describe() for name in sorted(entries)]
+
+    def refresh(self) -> bool:
+        """Re-read the directory if its files changed (checked at most once per poll_s). True if reloaded."""
+        if not self._lock.acquire(blocking=False):
+            return False  # a writer is busy; it reloads when done
+        try:
+            if self._watch.changed() is None:
+                return False
+            self._reload()
+            return True
+        finally:
+            self._lock.release()
+
+    # ---- writing -------------------------------------------------------------------------
+    def register(self, name: str, data: bytes, *, metadata: Any = None, replace: bool = False) -> LibraryEntry:
+        """Validate an uploaded file (safetensors or GGUF) against the model and store it as
+        NAME.safetensors + NAME.json. ValueError (VectorFormatError included): unusable; NameTaken."""
+        check_name(name, "vector name")
+        user = clean_metadata(metadata)
+        uploaded = read_vector_bytes(data)
+        vector = SteeringVector(uploaded.directions, {**uploaded.metadata, **user})
+        try:
+            check_fits(vector, self.shape)
+        except ValueError as exc:
+            raise ValueError(f"vector does not fit the served model {self.shape.model_id}: {exc}") from None
+        record = make_record(vector)
+        record["model_id"] = record["model_id"] or self.shape.model_id
+        record["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        sidecar = {"name": name, **record, "registered_for": self.shape.model_id}
+        contents, _ = vector_bytes(vector, STORED_SUFFIX)
+        with self._lock:
+            self._reload()  # decide on the current disk state, not a stale snapshot
+            if not replace and (name in self._snapshot.entries or name in self._snapshot.rejected):
+                raise NameTaken(f"vector {name!r} already exists; delete it first or register with replace=true")
+            # sidecar first: a reader in between sees the old vector (its sidecar is ignored by
+            # content hash) or nothing, never a new vector without its record
+            atomic_write(self.directory / f"{name}{SIDECAR}", json.dumps(sidecar, indent=2, sort_keys=True).encode())
+            atomic_write(self.directory / f"{name}{STORED_SUFFIX}", contents)
+            for suffix in SUFFIXES:
+                if suffix != STORED_SUFFIX:
+                    remove(self.directory / f"{name}{suffix}")
+            self._reload()
+            entry = self._snapshot.entries.get(name)
+        if entry is None:  # only if the directory changed under us in between
+            raise ValueError(f"vector {name!r} was written but is not usable: {self._snapshot.rejected.get(name)}")
+        logger.info("vector library: registered %s (layers %s, sha256 %s)", name, vector.layers, entry.file_sha256)
+        return entry
+
+    def delete(self, name: str) -> list[str]:
+        """Remove the vector's files (and sidecar); returns the removed file names. KeyError if none."""
+        check_name(name, "vector name")
+        with self._lock:
+            removed = [f"{name}{suffix}" for suffix in SUFFIXES if remove(self.directory / f"{name}{suffix}")]
+            if not removed:
+                raise KeyError(f"unknown vector {name!r}")
+            if remove(self.directory / f"{name}{SIDECAR}"):
+                removed.append(f"{name}{SIDECAR}")
+            self._reload()
+        logger.info("vector library: deleted %s (%s)", name, ", ".join(removed))
+        return removed
+
+    def export(self, name: str, suffix: str) -> tuple[bytes, list[str]]:
+        """The vector as `.safetensors` or `.gguf` bytes, with warnings (GGUF and layer 0)."""
+        return vector_bytes(self.get(name).vector, suffix)
+
+    # ---- loading (under the lock) ----------------------------------------------------------
+    def _reload(self) -> None:
+        signature = scan(self.directory, SUFFIXES + (SIDECAR,))
+        self._watch.mark(signature)  # scanned before reading: a change during the read is seen next time
+        by_name: dict[str, list[str]] = {}
+        for file_name in sorted(signature):
+            stem, suffix = file_name.rsplit(".", 1)
+            if f".{suffix}" in SUFFIXES:
+                by_name.setdefault(stem, []).append(file_name)
+        entries: dict[str, LibraryEntry] = {}
+        rejected: dict[str, str] = {}
+        cache: dict[tuple[Any, ...], LibraryEntry | str] = {}
+        for name, files in by_name.items():
+            if len(files) > 1:
+                rejected[name] = f"{', '.join(files)}: another file has the same name (one vector per name)"
+                continue
+            sidecar = f"{name}{SIDECAR}"
+            key = (files[0], signature[files[0]], signature.get(sidecar))
+            loaded = self._cache.get(key)
+            if loaded is None:
+                loaded = self._load(name, self.directory / files[0], self.directory / sidecar)
+                if isinstance(loaded, str):
+                    logger.warning("vector %s not loaded: %s", name, loaded)
+            cache[key] = loaded
+            if isinstance(loaded, str):
+                rejected[name] = loaded
+            else:
+                entries[name] = loaded
+        self._cache = cache
+        changed = set(entries) != set(self._snapshot.entries)
+        self._snapshot = _Snapshot(entries, rejected)
+        if self._on_change is not None:
+            self._on_change(len(entries))
+        if changed:
+            logger.info("vector library %s: %s", self.directory, ", ".join(sorted(entries)) or "empty")
+
+    def _load(self, name: str, path: Path, sidecar_path: Path) -> LibraryEntry | str:
+        try:
+            check_name(name, "name")
+            vector = read_vector(path)
+            check_fits(vector, self.shape)
+            file_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+        except (VectorFormatError, ValueError, OSError) as exc:
+            return f"{path.name}: {exc}"
+        return LibraryEntry(name, vector, path, file_sha256, make_record(vector, _read_sidecar(sidecar_path)))
 
 
-def _load_entry(path: Path, shape: ModelShape, duplicate: bool) -> LibraryEntry:
-    if not VECTOR_NAME.match(path.stem):
-        raise ValueError(f"name {path.stem!r} is not allowed (letters, digits, '.', '_', '-')")
-    if duplicate:
-        raise ValueError("another file has the same name (one vector per name)")
-    vector = read_vector(path)
-    check_fits(vector, shape)
-    return LibraryEntry(path.stem, vector, path, hashlib.sha256(path.read_bytes()).hexdigest())
+def _read_sidecar(path: Path) -> dict[str, Any] | None:
+    try:
+        parsed = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        logger.warning("ignoring sidecar %s: %s", path, exc)
+        return None
+    return parsed if isinstance(parsed, dict) else None
