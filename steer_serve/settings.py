@@ -18,6 +18,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STEER_SERVE_", extra="ignore")
 
     vector_dir: Path = Field(REPO_CONFIGS / "vectors", description="steering vector library directory")
+    preset_dir: Path = Field(REPO_CONFIGS / "presets", description="directory of preset YAML/JSON files")
+    max_vector_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest vector file accepted by upload")
+    library_poll_s: float = Field(1.0, ge=0, description="how often a process checks the vector/preset dirs for changes")
     max_interventions: int = Field(16, ge=1, description="interventions allowed in one request")
     max_abs_scale: float = Field(1000.0, gt=0, description="largest |scale| accepted")
     max_dose: float | None = Field(

@@ -8,6 +8,7 @@ the engine for everyone).
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from steer_serve.steering_spec import (
 )
 from steer_serve.vector_library import VectorLibrary
 
+if TYPE_CHECKING:
+    from steer_serve.presets import PresetLibrary
+
 _PHASE_NAMES = ("prompt", "generated")
 
 
@@ -42,20 +46,23 @@ class SteeringError(ValueError):
 
 
 class SteeringResolver:
-    def __init__(self, shape: ModelShape, library: VectorLibrary, settings: Settings) -> None:
+    def __init__(self, shape: ModelShape, library: VectorLibrary, settings: Settings,
+                 presets: "PresetLibrary | None" = None) -> None:
         self.shape = shape
         self.library = library
         self.settings = settings
+        self.presets = presets  # set after construction when presets are checked by this resolver
 
     def resolve(self, spec: SteeringSpec) -> ResolvedSteering:
-        if len(spec.interventions) > self.settings.max_interventions:
+        expanded = self._expand(spec)
+        if len(expanded) > self.settings.max_interventions:
+            from_preset = f" ({len(expanded) - len(spec.interventions or [])} from preset {spec.preset!r})" if spec.preset else ""
             raise SteeringError(
-                f"{len(spec.interventions)} interventions given; at most {self.settings.max_interventions} allowed",
+                f"{len(expanded)} interventions given{from_preset}; at most {self.settings.max_interventions} allowed",
                 "steering.interventions",
             )
         builder = SteeringBuilder()
-        for index, intervention in enumerate(spec.interventions):
-            where = f"steering.interventions[{index}]"
+        for intervention, where in expanded:
             if isinstance(intervention, AddIntervention):
                 self._add(intervention, where, builder)
             elif isinstance(intervention, (AblateIntervention, ClampIntervention)):
@@ -67,6 +74,23 @@ class SteeringResolver:
         self._check_projection_counts(builder)
         self._check_routing(builder)
         return builder.build()
+
+    # ---- presets -----------------------------------------------------------------------
+    def _expand(self, spec: SteeringSpec) -> list[tuple[Any, str]]:
+        """(intervention, param path) pairs: the preset's interventions first, then the inline ones."""
+        expanded: list[tuple[Any, str]] = []
+        if spec.preset is not None:
+            if self.presets is None:
+                raise SteeringError("presets are not enabled on this server", "steering.preset")
+            try:
+                preset = self.presets.get(spec.preset)
+            except KeyError as exc:
+                raise SteeringError(exc.args[0], "steering.preset") from None
+            expanded += [(intervention, f"steering.preset[{spec.preset}].interventions[{index}]")
+                         for index, intervention in enumerate(preset.interventions)]
+        expanded += [(intervention, f"steering.interventions[{index}]")
+                     for index, intervention in enumerate(spec.interventions or [])]
+        return expanded
 
     # ---- add ---------------------------------------------------------------------------
     def _add(self, add: AddIntervention, where: str, builder: SteeringBuilder) -> None:

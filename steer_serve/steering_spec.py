@@ -157,8 +157,18 @@ INTERVENTION_TYPES = frozenset({"add", "ablate", "clamp", "experts", "heads"})
 
 
 class SteeringSpec(BaseModel):
-    """The `steering` field of a completion request."""
+    """The `steering` field of a completion request: a preset, interventions, or both (the
+    preset's interventions come first, then these)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    interventions: Annotated[list[Intervention], Field(min_length=1)]
+    preset: Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_LENGTH)] | None = Field(
+        None, description="a preset name (a stored bundle of interventions)"
+    )
+    interventions: Annotated[list[Intervention], Field(min_length=1)] | None = None
+
+    @model_validator(mode="after")
+    def _preset_or_interventions(self) -> "SteeringSpec":
+        if self.preset is None and self.interventions is None:
+            raise ValueError("give `interventions`, a `preset`, or both")
+        return self

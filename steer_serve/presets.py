@@ -1,0 +1,262 @@
+"""Presets: named bundles of interventions, used as `"steering": {"preset": NAME}`.
+
+One file per preset in the presets directory, `NAME.yaml` / `NAME.yml` / `NAME.json`:
+
+    description: Gloomy tone, light touch     # optional
+    interventions:                              # = a request's `steering.interventions`
+      - {type: add, vector: gloomy, scale: 0.3}
+
+The name is the file stem (an optional `name:` key must equal it). Interventions are parsed by
+the same `SteeringSpec` model as a request, and checked against the served model by the same
+resolver (`check`): at registration a preset that does not resolve is refused; a file on disk
+that does not resolve (say, its vector was deleted) is still listed, with its error, and a
+request naming it gets that error as a 400. Like the vector library, runtime changes are atomic
+file writes followed by a re-read, readers use a copy-on-write snapshot, and other API-server
+processes pick changes up within `poll_s`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+
+from steer_serve.library_files import DirectoryWatch, atomic_write, check_name, remove, scan
+from steer_serve.request_gateway import _UNION_BRANCH
+from steer_serve.steering_spec import INTERVENTION_TYPES, SteeringSpec
+
+logger = logging.getLogger(__name__)
+
+PRESET_SUFFIXES = (".yaml", ".yml", ".json")
+STORED_SUFFIX = ".json"  # what runtime registration writes
+
+
+class PresetError(ValueError):
+    """A preset that cannot be used; the message names the preset and the field."""
+
+
+class NameTaken(Exception):
+    """A preset with this name exists (pass replace=True to swap it)."""
+
+
+class PresetBody(BaseModel):
+    """A preset file, or the JSON body of `POST /v1/steering/presets`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr | None = None
+    description: StrictStr = Field("", max_length=4096)
+    interventions: list[dict[str, Any]] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    spec: SteeringSpec  # interventions only, validated like a request's
+    raw: list[dict[str, Any]]  # as written, for listing and export
+    path: Path
+
+    @property
+    def interventions(self) -> list[Any]:
+        return list(self.spec.interventions or [])
+
+    def describe(self) -> dict[str, Any]:
+        return {"object": "steering_preset", "name": self.name, "description": self.description,
+                "interventions": self.raw, "file": self.path.name}
+
+
+def parse_preset(name: str, raw: Any, path: Path) -> Preset:
+    """Schema-check a preset (the model is not consulted here); PresetError says what is wrong."""
+    check_name(name, "preset name")
+    try:
+        body = PresetBody.model_validate(raw)
+    except ValidationError as exc:
+        raise PresetError(f"preset {name!r}: {_describe(exc)}") from None
+    if body.name is not None and body.name != name:
+        raise PresetError(f"preset {name!r}: `name` is {body.name!r} but must equal the file name {name!r}")
+    try:
+        spec = SteeringSpec.model_validate({"interventions": body.interventions})
+    except ValidationError as exc:
+        raise PresetError(f"preset {name!r}: {_describe(exc)}") from None
+    return Preset(name, body.description, spec, body.interventions, path)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ""
+        for part in error["loc"]:
+            if isinstance(part, int):
+                where += f"[{part}]"
+            elif part not in INTERVENTION_TYPES and not _UNION_BRANCH.match(str(part)):
+                where += f".{part}" if where else str(part)
+        parts.append(f"{where or 'body'}: {error['msg']}")
+    return "; ".join(dict.fromkeys(parts))
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    presets: dict[str, Preset]
+    rejected: dict[str, str]
+
+
+class PresetLibrary:
+    def __init__(self, directory: Path, check: Callable[[Preset], None] | None = None, *, poll_s: float = 1.0) -> None:
+        """`check(preset)` raises ValueError (e.g. the resolver's SteeringError) if the preset does not
+        fit the served model; it is called at registration, at load (warnings) and when listing."""
+        self.directory = Path(directory)
+        self.check = check
+        self._lock = threading.RLock()
+        self._watch = DirectoryWatch(self.directory, PRESET_SUFFIXES, poll_s)
+        self._cache: dict[tuple[Any, ...], Preset | str] = {}
+        self._snapshot = _Snapshot({}, {})
+        with self._lock:
+            self._reload()
+        for name, preset in sorted(self._snapshot.presets.items()):
+            problem = self.problem(preset)
+            if problem:
+                logger.warning("preset %s does not resolve against the served model: %s", name, problem)
+        logger.info("presets %s: %d loaded, %d rejected", directory, len(self._snapshot.presets),
+                    len(self._snapshot.rejected))
+
+    # ---- reading ---------------------------------------------------------------------------
+    def get(self, name: str) -> Preset:
+        """The preset; KeyError with a message naming it (and why it is unusable, or what exists)."""
+        self.refresh()
+        snapshot = self._snapshot
+        if name in snapshot.presets:
+            return snapshot.presets[name]
+        if name in snapshot.rejected:
+            raise KeyError(f"preset {name!r} is unusable: {snapshot.rejected[name]}")
+        known = ", ".join(sorted(snapshot.presets)) or "none"
+        raise KeyError(f"unknown preset {name!r} (available: {known})")
+
+    def problem(self, preset: Preset) -> str | None:
+        """Why the preset does not resolve against the served model right now, or None."""
+        if self.check is None:
+            return None
+        try:
+            self.check(preset)
+        except ValueError as exc:
+            param = getattr(exc, "param", None)
+            return f"{param.removeprefix('steering.')}: {exc}" if param else str(exc)
+        return None
+
+    def describe(self) -> list[dict[str, Any]]:
+        self.refresh()
+        snapshot = self._snapshot
+        listed = []
+        for name in sorted(set(snapshot.presets) | set(snapshot.rejected)):
+            if name in snapshot.presets:
+                problem = self.problem(snapshot.presets[name])
+                listed.append({**snapshot.presets[name].describe(), "usable": problem is None, "error": problem})
+            else:
+                listed.append({"object": "steering_preset", "name": name, "usable": False,
+                               "error": snapshot.rejected[name]})
+        return listed
+
+    @property
+    def rejected(self) -> dict[str, str]:
+        self.refresh()
+        return dict(self._snapshot.rejected)
+
+    def __len__(self) -> int:
+        self.refresh()
+        return len(self._snapshot.presets)
+
+    def refresh(self) -> bool:
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._watch.changed() is None:
+                return False
+            self._reload()
+            return True
+        finally:
+            self._lock.release()
+
+    # ---- writing ---------------------------------------------------------------------------
+    def register(self, body: Any, *, name: str | None = None, replace: bool = False) -> Preset:
+        """Validate (schema, then the served model) and store as NAME.json. PresetError / NameTaken."""
+        if name is None:
+            name = body.get("name") if isinstance(body, dict) else None
+            if not isinstance(name, str):
+                raise PresetError("give the preset's `name`")
+        try:
+            check_name(name, "preset name")
+        except ValueError as exc:
+            raise PresetError(str(exc)) from None
+        path = self.directory / f"{name}{STORED_SUFFIX}"
+        preset = parse_preset(name, body, path)
+        problem = self.problem(preset)
+        if problem:
+            raise PresetError(f"preset {name!r} does not fit the served model: {problem}")
+        stored = {"name": name, "description": preset.description, "interventions": preset.raw}
+        with self._lock:
+            self._reload()
+            if not replace and (name in self._snapshot.presets or name in self._snapshot.rejected):
+                raise NameTaken(f"preset {name!r} already exists; delete it first or create it with replace=true")
+            atomic_write(path, json.dumps(stored, indent=2).encode())
+            for suffix in PRESET_SUFFIXES:
+                if suffix != STORED_SUFFIX:
+                    remove(self.directory / f"{name}{suffix}")
+            self._reload()
+            registered = self._snapshot.presets.get(name)
+        if registered is None:
+            raise PresetError(f"preset {name!r} was written but is not usable: {self._snapshot.rejected.get(name)}")
+        logger.info("presets: registered %s (%d interventions)", name, len(preset.raw))
+        return registered
+
+    def delete(self, name: str) -> list[str]:
+        check_name(name, "preset name")
+        with self._lock:
+            removed = [f"{name}{suffix}" for suffix in PRESET_SUFFIXES if remove(self.directory / f"{name}{suffix}")]
+            if not removed:
+                raise KeyError(f"unknown preset {name!r}")
+            self._reload()
+        logger.info("presets: deleted %s", name)
+        return removed
+
+    # ---- loading (under the lock) -------------------------------------------------------------
+    def _reload(self) -> None:
+        signature = scan(self.directory, PRESET_SUFFIXES)
+        self._watch.mark(signature)
+        by_name: dict[str, list[str]] = {}
+        for file_name in sorted(signature):
+            by_name.setdefault(file_name.rsplit(".", 1)[0], []).append(file_name)
+        presets: dict[str, Preset] = {}
+        rejected: dict[str, str] = {}
+        cache: dict[tuple[Any, ...], Preset | str] = {}
+        for name, files in by_name.items():
+            if len(files) > 1:
+                rejected[name] = f"{', '.join(files)}: another file has the same name (one preset per name)"
+                continue
+            key = (files[0], signature[files[0]])
+            loaded = self._cache.get(key)
+            if loaded is None:
+                loaded = self._load(name, self.directory / files[0])
+                if isinstance(loaded, str):
+                    logger.warning("preset %s not loaded: %s", name, loaded)
+            cache[key] = loaded
+            if isinstance(loaded, str):
+                rejected[name] = loaded
+            else:
+                presets[name] = loaded
+        self._cache = cache
+        self._snapshot = _Snapshot(presets, rejected)
+
+    @staticmethod
+    def _load(name: str, path: Path) -> Preset | str:
+        try:
+            text = path.read_text()
+            raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+            return parse_preset(name, raw, path)
+        except (OSError, ValueError, yaml.YAMLError) as exc:  # PresetError and JSON errors are ValueErrors
+            return f"{path.name}: {exc}"
