@@ -35,6 +35,8 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
     if args.vector_dir is not None:
         env["STEER_SERVE_VECTOR_DIR"] = str(Path(args.vector_dir).resolve())
+    if args.preset_dir is not None:
+        env["STEER_SERVE_PRESET_DIR"] = str(Path(args.preset_dir).resolve())
     if args.experiments is not None:
         env["STEER_SERVE_EXPERIMENTS_DIR"] = str(Path(args.experiments).resolve())
     if args.exposure_log is not None:
@@ -123,9 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--vector-dir", default=None, help="steering vector library (default: configs/vectors)")
+    serve.add_argument("--preset-dir", default=None, help="steering presets, YAML/JSON files (default: configs/presets)")
     serve.add_argument("--experiments", default=None, help="directory of A/B experiment YAML files")
     serve.add_argument("--exposure-log", default=None, help="exposure JSONL (default: <experiments>/exposures.jsonl)")
-    serve.add_argument("--admin-key", default=None, help="bearer key for admin routes (or env STEER_SERVE_ADMIN_KEY)")
+    serve.add_argument("--admin-key", default=None,
+                       help="bearer key for admin routes: experiments, vector/preset changes (or env STEER_SERVE_ADMIN_KEY)")
     serve.add_argument("--max-dose", type=float, default=None,
                        help="dose guardrail: clip each token's added vector to this fraction of the layer output's norm")
     serve.set_defaults(handler=_run_serve)

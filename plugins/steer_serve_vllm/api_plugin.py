@@ -13,14 +13,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from steer_serve import metrics
 from steer_serve.experiments.arm_selector import ArmSelector
 from steer_serve.experiments.control_state import ControlFile
 from steer_serve.experiments.exposure_recorder import ExposureRecorder
 from steer_serve.model_shape import ModelShape
+from steer_serve.presets import PresetLibrary
 from steer_serve_vllm.model_config import model_shape
 from steer_serve.request_gateway import Rejection, RequestGateway
 from steer_serve.settings import Settings
@@ -28,10 +28,9 @@ from steer_serve.steering_resolver import SteeringResolver
 from steer_serve.vector_library import VectorLibrary
 from steer_serve_vllm.api_middleware import SteeringMiddleware
 from steer_serve_vllm.experiment_routes import router as experiment_router
+from steer_serve_vllm.library_routes import router as library_router
 
 logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
-
-router = APIRouter(tags=["steering"])
 
 
 @dataclass
@@ -41,6 +40,7 @@ class SteeringService:
     settings: Settings
     shape: ModelShape
     library: VectorLibrary
+    presets: PresetLibrary
     gateway: RequestGateway
     recorder: ExposureRecorder
     rejections: Counter = field(default_factory=Counter)
@@ -48,25 +48,6 @@ class SteeringService:
     def count_rejection(self, rejection: Rejection) -> None:
         self.rejections[rejection.status] += 1
         metrics.REJECTIONS.labels(metrics.rejection_reason(rejection.status, rejection.param)).inc()
-
-
-def _service(request: Request) -> SteeringService:
-    return request.app.state.steer_serve
-
-
-@router.get("/v1/steering/vectors")
-async def list_vectors(request: Request) -> dict[str, Any]:
-    """The vector library: name, layers, dim, per-layer norm, file sha256, metadata."""
-    return {"object": "list", "data": _service(request).library.describe()}
-
-
-@router.get("/v1/steering/vectors/{name}")
-async def get_vector(name: str, request: Request) -> Any:
-    try:
-        return _service(request).library.get(name).describe()
-    except KeyError as exc:
-        error = {"message": exc.args[0], "type": "NotFoundError", "param": "name", "code": 404}
-        return JSONResponse({"error": error}, status_code=404)
 
 
 def _require_engine_plugin() -> None:
@@ -94,7 +75,7 @@ class SteerServeEndpointPlugin:
     required_tasks = ("generate",)
 
     def attach_router(self, app: FastAPI) -> None:
-        app.include_router(router)
+        app.include_router(library_router)
         app.include_router(experiment_router)
         app.add_middleware(SteeringMiddleware)
 
@@ -106,14 +87,18 @@ class SteerServeEndpointPlugin:
         shape = model_shape(model_config.served_model_name, model_config.hf_text_config)
         _share_vllm_log_handlers()
         settings = Settings()
-        library = VectorLibrary.load_dir(settings.vector_dir, shape)
+        # the gauge follows every (re)load: start, admin changes, other processes' changes
+        library = VectorLibrary.load_dir(settings.vector_dir, shape, poll_s=settings.library_poll_s,
+                                         on_change=metrics.VECTORS_LOADED.set)
         resolver = SteeringResolver(shape, library, settings)
+        presets = PresetLibrary(settings.preset_dir, lambda preset: resolver.resolve(preset.spec),
+                                poll_s=settings.library_poll_s)
+        resolver.presets = presets  # presets are checked by the resolver they extend
         arms = _load_experiments(settings, resolver)
         gateway = RequestGateway(resolver, arms)
         recorder = ExposureRecorder(shape.model_id, settings.exposure_log_path if arms else None)
-        state.steer_serve = SteeringService(settings, shape, library, gateway, recorder)
-        metrics.VECTORS_LOADED.set(len(library.describe()))
-        logger.info("steer-serve: API ready for %s (%d vectors)", shape, len(library.describe()))
+        state.steer_serve = SteeringService(settings, shape, library, presets, gateway, recorder)
+        logger.info("steer-serve: API ready for %s (%d vectors, %d presets)", shape, len(library), len(presets))
 
 
 def _load_experiments(settings: Settings, resolver: SteeringResolver) -> ArmSelector | None:

@@ -1,11 +1,10 @@
 """HTTP routes of A/B experiments: listing, results, feedback, and the admin routes (reload,
-kill switches) guarded by the admin key. Domain work lives in `steer_serve.experiments`."""
+kill switches) guarded by the admin key (`admin_auth`, shared with the library routes).
+Domain work lives in `steer_serve.experiments`."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import secrets
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -19,6 +18,8 @@ from steer_serve.experiments.control_state import ControlState
 from steer_serve.experiments.jsonl_log import append_record, read_records
 from steer_serve.experiments.records import Feedback, FeedbackIn
 from steer_serve.experiments.results import compute_results
+from steer_serve_vllm.admin_auth import admin_refusal as _admin_refusal
+from steer_serve_vllm.admin_auth import error_response as _error
 
 router = APIRouter(tags=["steering experiments"])
 ALL = "all"
@@ -30,30 +31,11 @@ class KillSwitch(BaseModel):
     engaged: StrictBool  # "yes" must not engage a kill switch by coercion
 
 
-def _error(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}}, status_code=status)
-
-
 def _selector(request: Request) -> ArmSelector | JSONResponse:
     selector = request.app.state.steer_serve.gateway.arms
     if selector is None:
         return _error(404, "experiments are not enabled on this server (start it with --experiments DIR)", "NotFoundError")
     return selector
-
-
-def _admin_refusal(request: Request) -> JSONResponse | None:
-    """None when the request carries the admin key; 403 when no key is configured at all."""
-    key = request.app.state.steer_serve.settings.admin_key
-    if key is None:
-        return _error(403, "admin routes are disabled: no admin key is configured (STEER_SERVE_ADMIN_KEY or "
-                           "steer-serve serve --admin-key)", "PermissionDeniedError")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        return _error(401, "admin route: send the admin key as `Authorization: Bearer KEY`", "AuthenticationError")
-    digest = hashlib.sha256
-    if not secrets.compare_digest(digest(given.encode()).digest(), digest(key.get_secret_value().encode()).digest()):
-        return _error(403, "wrong admin key", "PermissionDeniedError")
-    return None
 
 
 def _describe(experiment: LiveExperiment, state: ControlState) -> dict[str, Any]:
