@@ -80,8 +80,12 @@ def parse_layers(text: str) -> list[int]:
 def _run_extract(args: argparse.Namespace, passthrough: list[str]) -> int:
     from steer_serve.extraction import extract_to_file
 
+    if (args.method == "mean_centred") != (args.neutral is not None):
+        print("steer-serve: --neutral is required with --method mean_centred and only used by it", file=sys.stderr)
+        return 2
     model = Path(args.model) if args.model else default_model_dir()
-    vector = extract_to_file(model, Path(args.pairs), parse_layers(args.layers), Path(args.out), args.position)
+    vector = extract_to_file(model, Path(args.pairs), parse_layers(args.layers), Path(args.out), args.position,
+                             method=args.method, neutral_path=Path(args.neutral) if args.neutral else None)
     print(f"wrote {args.out}: layers {vector.layers}, dim {vector.dim}, sha256 {vector.content_sha256()}")
     return 0
 
@@ -134,7 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dose guardrail: clip each token's added vector to this fraction of the layer output's norm")
     serve.set_defaults(handler=_run_serve)
 
-    extract = commands.add_parser("extract", help="difference-of-means vector from contrastive pairs (JSONL)")
+    extract = commands.add_parser("extract", help="steering vector from contrastive pairs (JSONL) on a model's activations")
+    extract.add_argument("--method", choices=["diff_means", "mean_centred", "pca"], default="diff_means",
+                         help="diff_means: mean(pos)-mean(neg); mean_centred: mean(pos)-mean(neutral); "
+                              "pca: first principal component of pos-neg differences (unit norm)")
+    extract.add_argument("--neutral", default=None, help="JSONL of neutral texts/chats (text or messages), for mean_centred")
     extract.add_argument("--pairs", required=True, help="JSONL of contrastive pairs (see configs/datasets/)")
     extract.add_argument("--layers", required=True, help="decoder layers, e.g. 6-14 or 8,10,12")
     extract.add_argument("--out", required=True, help="output .safetensors or .gguf (name = file stem)")
