@@ -71,6 +71,13 @@ class ResolvedSteering:
     expert_routing: tuple[ExpertRouting, ...] = ()
 
     @property
+    def kinds(self) -> frozenset[str]:
+        """Which kinds of edit this configuration uses: add, projection, heads, routing."""
+        present = {"add": self.additions, "projection": self.projections, "heads": self.head_scales,
+                   "routing": self.expert_routing}
+        return frozenset(kind for kind, edits in present.items() if edits)
+
+    @property
     def fingerprint(self) -> str:
         """Content hash of every edit; stable across processes and spellings."""
         digest = hashlib.sha256(b"steer-serve/v1")

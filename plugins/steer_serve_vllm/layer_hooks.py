@@ -12,7 +12,9 @@ H = heads on this tensor-parallel rank, E = routed experts.
 - MoE `gate` output: router logits [T, E] plus a bias row (-inf disabled, +FORCE_LOGIT forced),
   before vLLM's top-k and renormalisation.
 Hooks are installed before the first forward pass: torch.compile traces them in, later hooks
-would be ignored by the compiled graph.
+would be ignored by the compiled graph. In eager mode (`skip_unused`), a hook skips the kinds of
+edit no request of the step uses, so unsteered batches cost almost nothing; a compiled graph
+cannot branch on per-step data, so there every hook always runs (on identity rows when unused).
 """
 
 from __future__ import annotations
@@ -42,21 +44,23 @@ def find_router_gate(layer: nn.Module) -> nn.Module | None:
 
 
 def install_hooks(layers: nn.ModuleList, runtime: SteeringRuntime, tp_rank: int, tp_size: int,
-                  max_dose: float | None = None) -> list[Any]:
+                  max_dose: float | None = None, skip_unused: bool = False) -> list[Any]:
     """Register every hook; returns the handles (call .remove() to undo)."""
+    needed = (lambda kind: kind in runtime.kinds_in_step) if skip_unused else (lambda kind: True)
     handles = []
     for index, layer in enumerate(layers):
-        handles.append(layer.register_forward_hook(_residual_hook(runtime, index, max_dose)))
+        handles.append(layer.register_forward_hook(_residual_hook(runtime, index, max_dose, needed)))
         o_proj = getattr(getattr(layer, "self_attn", None), "o_proj", None)
         if o_proj is not None:
-            handles.append(o_proj.register_forward_pre_hook(_head_hook(runtime, index, tp_rank, tp_size)))
+            handles.append(o_proj.register_forward_pre_hook(_head_hook(runtime, index, tp_rank, tp_size, needed)))
         gate = find_router_gate(layer)
         if gate is not None:
-            handles.append(gate.register_forward_hook(_router_hook(runtime, index)))
+            handles.append(gate.register_forward_hook(_router_hook(runtime, index, needed)))
     return handles
 
 
-def _residual_hook(runtime: SteeringRuntime, layer: int, max_dose: float | None) -> Callable[..., Any]:
+def _residual_hook(runtime: SteeringRuntime, layer: int, max_dose: float | None,
+                   needed: Callable[[str], bool]) -> Callable[..., Any]:
     tables = runtime.tables
     num_projections = tables.proj_dir.shape[2]
 
@@ -65,10 +69,13 @@ def _residual_hook(runtime: SteeringRuntime, layer: int, max_dose: float | None)
             return output  # layer outside this pipeline stage (PPMissingLayer) or another signature
         hidden, residual = output  # [T, D], [T, D]
         rows = runtime.rows(hidden.shape[0])  # [T]
-        delta = tables.add[layer].index_select(0, rows)  # [T, D]
-        if max_dose is not None:  # a server setting, fixed at trace time
-            delta = _clip_dose(delta, hidden + residual, max_dose)
-        residual = residual + delta  # [T, D]
+        if needed("add"):
+            delta = tables.add[layer].index_select(0, rows)  # [T, D]
+            if max_dose is not None:  # a server setting, fixed at trace time
+                delta = _clip_dose(delta, hidden + residual, max_dose)
+            residual = residual + delta  # [T, D]
+        if not needed("projection"):
+            return hidden, residual
         directions = tables.proj_dir[layer].index_select(0, rows)  # [T, K, D]
         values = tables.proj_value[layer].index_select(0, rows)  # [T, K]
         for k in range(num_projections):
@@ -87,12 +94,15 @@ def _clip_dose(delta: torch.Tensor, stream: torch.Tensor, max_dose: float) -> to
     return delta * (limit / size).clamp(max=1.0)  # [T, D]
 
 
-def _head_hook(runtime: SteeringRuntime, layer: int, tp_rank: int, tp_size: int) -> Callable[..., Any]:
+def _head_hook(runtime: SteeringRuntime, layer: int, tp_rank: int, tp_size: int,
+               needed: Callable[[str], bool]) -> Callable[..., Any]:
     scale_table = runtime.tables.head_scale[layer]  # [R, H_total]
     local_heads = scale_table.shape[1] // tp_size
     first = tp_rank * local_heads
 
     def scale_heads(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        if not needed("heads"):
+            return args
         attn = args[0]  # [T, H*hd]
         num_tokens = attn.shape[0]
         scales = scale_table[:, first : first + local_heads].index_select(0, runtime.rows(num_tokens))  # [T, H]
@@ -102,10 +112,12 @@ def _head_hook(runtime: SteeringRuntime, layer: int, tp_rank: int, tp_size: int)
     return scale_heads
 
 
-def _router_hook(runtime: SteeringRuntime, layer: int) -> Callable[..., Any]:
+def _router_hook(runtime: SteeringRuntime, layer: int, needed: Callable[[str], bool]) -> Callable[..., Any]:
     bias_table = runtime.tables.router_bias[layer]  # [R, E]
 
     def bias_router_logits(module: nn.Module, args: Any, output: Any) -> Any:
+        if not needed("routing"):
+            return output
         logits = output[0] if isinstance(output, tuple) else output  # [T, E]
         biased = logits + bias_table[:, : logits.shape[1]].index_select(0, runtime.rows(logits.shape[0]))  # [T, E]
         return (biased, *output[1:]) if isinstance(output, tuple) else biased

@@ -35,6 +35,8 @@ class SteeringRuntime:
         self._token_rows_cpu = torch.zeros(max_tokens, dtype=torch.long, pin_memory=pin)  # [T_max]
         self._rows_written = 0  # high-water mark of non-zero entries in token_rows
         self._request_fingerprint: dict[str, str] = {}
+        # Kinds of edit used by this step's requests; eager-mode hooks skip the others entirely.
+        self.kinds_in_step: frozenset[str] = frozenset()
         self._configs: dict[str, tuple[ResolvedSteering, int]] = {}  # fingerprint -> (steering, live requests)
 
     # ---- request lifecycle -------------------------------------------------------------
@@ -73,7 +75,8 @@ class SteeringRuntime:
     ) -> None:
         """Fill token_rows for this step's tokens, in the forward's token order."""
         fingerprints = [self._request_fingerprint.get(req_id) for req_id in req_ids]
-        if not any(fingerprints):
+        self.kinds_in_step = frozenset().union(*(self._configs[fp][0].kinds for fp in set(fingerprints) if fp))
+        if not self.kinds_in_step:
             self._write_rows(None, 0)
             return
         slot_of = self._assign_slots([fp for fp in fingerprints if fp is not None])

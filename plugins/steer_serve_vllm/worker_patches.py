@@ -129,6 +129,7 @@ def runtime_of(runner: Any) -> SteeringRuntime | None:
 def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
     if runtime_of(runner) is not None:
         return
+    from vllm.config import CompilationMode
     from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
 
     shape = model_shape(runner.model_config.served_model_name, runner.model_config.hf_text_config)
@@ -136,7 +137,9 @@ def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
                               runner.model_config.dtype)
     layers = find_decoder_layers(runner.get_model(), shape.num_layers)
     max_dose = Settings().max_dose  # the API server's environment is inherited by engine processes
-    install_hooks(layers, runtime, get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size(), max_dose)
+    eager = runner.vllm_config.compilation_config.mode == CompilationMode.NONE
+    install_hooks(layers, runtime, get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size(),
+                  max_dose, skip_unused=eager)
     setattr(runner, _RUNTIME_ATTR, runtime)
     logger.info("steer-serve: hooks on %d decoder layers, %d slots, dose guardrail %s",
                 len(layers), runner.max_num_reqs, max_dose or "off")
