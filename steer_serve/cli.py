@@ -90,6 +90,44 @@ def _run_extract(args: argparse.Namespace, passthrough: list[str]) -> int:
     return 0
 
 
+def _run_experts(args: argparse.Namespace, passthrough: list[str]) -> int:
+    from steer_serve.expert_discovery import discover, ranking_markdown, write_discovery
+
+    out = Path(args.out)
+    model = Path(args.model) if args.model else default_model_dir()
+    try:
+        found = discover(model, Path(args.behaviour), Path(args.neutral), args.top_k, args.mode, name=out.stem)
+    except ValueError as exc:
+        print(f"steer-serve: {exc}", file=sys.stderr)
+        return 2
+    table = write_discovery(found, out)
+    print(ranking_markdown(found))
+    print(f"wrote {out} ({args.mode} {found.selected}) and {table}", file=sys.stderr)
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace, passthrough: list[str]) -> int:
+    from steer_serve.effect_report import evaluate, find_vector, render_markdown, write_report
+    from steer_serve.settings import REPO_CONFIGS
+
+    vector_dir = Path(args.vector_dir) if args.vector_dir else REPO_CONFIGS / "vectors"
+    try:
+        scales = [float(s) for s in args.scales.split(",")]
+        name, vector = find_vector(args.vector, vector_dir)
+        model = Path(args.model) if args.model else default_model_dir()
+        layers = parse_layers(args.layers) if args.layers else None
+        triples = Path(args.triples) if args.triples else REPO_CONFIGS / "datasets" / "gloomy_eval.jsonl"
+        neutral = Path(args.neutral) if args.neutral else REPO_CONFIGS / "datasets" / "neutral.jsonl"
+        report = evaluate(model, name, vector, scales, layers, triples, neutral)
+    except ValueError as exc:
+        print(f"steer-serve: {exc}", file=sys.stderr)
+        return 2
+    paths = write_report(report, Path(args.out))
+    print(render_markdown(report))
+    print("wrote " + ", ".join(map(str, paths)), file=sys.stderr)
+    return 0
+
+
 def _run_ab_report(args: argparse.Namespace, passthrough: list[str]) -> int:
     from steer_serve.experiments.config import load_experiment
     from steer_serve.experiments.jsonl_log import read_records
@@ -149,6 +187,28 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--position", choices=["last", "mean"], default="last", help="token position(s) read")
     extract.add_argument("--model", default=None, help=f"HF model directory (default: {DEFAULT_MODEL_NAME})")
     extract.set_defaults(handler=_run_extract)
+
+    experts = commands.add_parser("experts", help="MoE: rank experts by routing frequency (behaviour - neutral), write a preset")
+    experts.add_argument("--model", default=None, help="HF Mixture-of-Experts model directory")
+    experts.add_argument("--behaviour", required=True, help="JSONL of texts/chats (text or messages) showing the behaviour")
+    experts.add_argument("--neutral", required=True, help="JSONL of texts/chats (text or messages) without it")
+    experts.add_argument("--top-k", type=int, default=4, help="how many (layer, expert) to put in the preset")
+    experts.add_argument("--mode", choices=["disable", "force"], default="disable", help="what the preset does to them")
+    experts.add_argument("--out", required=True, help="preset .json (name = file stem); the ranking goes to <stem>.ranking.md")
+    experts.set_defaults(handler=_run_experts)
+
+    evaluate = commands.add_parser("evaluate", help="effect report: behaviour effect and perplexity vs scale (md, JSON, PNG)")
+    evaluate.add_argument("--vector", required=True, help="library name (in --vector-dir) or a vector file")
+    evaluate.add_argument("--scales", default="0,0.2,0.4,0.6,0.8,1.0", help="comma-separated scales, e.g. 0,0.2,0.4")
+    evaluate.add_argument("--layers", default=None, help="steered layers, e.g. 6-14 (default: all of the vector's)")
+    evaluate.add_argument("--model", default=None, help=f"HF model directory (default: {DEFAULT_MODEL_NAME})")
+    evaluate.add_argument("--vector-dir", default=None, help="vector library (default: configs/vectors)")
+    evaluate.add_argument("--triples", default=None,
+                          help="JSONL of {prompt, target, opposite} for the effect (default: configs/datasets/gloomy_eval.jsonl)")
+    evaluate.add_argument("--neutral", default=None,
+                          help="JSONL of texts/chats for perplexity (default: configs/datasets/neutral.jsonl)")
+    evaluate.add_argument("--out", required=True, help="directory for NAME.md, NAME.json and NAME.png")
+    evaluate.set_defaults(handler=_run_evaluate)
 
     ab = commands.add_parser("ab", help="A/B experiments").add_subparsers(dest="ab_command", required=True)
     report = ab.add_parser("report", help="per-arm results of an experiment from its logs (markdown, JSON, PNG)")
