@@ -32,7 +32,10 @@ class SteeringRuntime:
         self.tables = SteeringTables(shape, max_reqs, device, dtype)
         self.token_rows = torch.zeros(max_tokens, dtype=torch.long, device=device)  # [T_max]
         pin = device.type == "cuda"
-        self._token_rows_cpu = torch.zeros(max_tokens, dtype=torch.long, pin_memory=pin)  # [T_max]
+        # Two pinned staging buffers, used alternately: with async scheduling the host prepares
+        # step n+1 while step n's host-to-device copy may still be queued.
+        self._staging = [torch.zeros(max_tokens, dtype=torch.long, pin_memory=pin) for _ in range(2)]  # [T_max]
+        self._step = 0
         self._rows_written = 0  # high-water mark of non-zero entries in token_rows
         self._request_fingerprint: dict[str, str] = {}
         # Kinds of edit used by this step's requests; eager-mode hooks skip the others entirely.
@@ -98,7 +101,8 @@ class SteeringRuntime:
         span = max(num_tokens, self._rows_written)
         if span == 0:
             return
-        cpu = self._token_rows_cpu
+        self._step += 1
+        cpu = self._staging[self._step % 2]
         if rows is not None:
             cpu[:num_tokens] = torch.from_numpy(rows)
         cpu[num_tokens:span] = 0
