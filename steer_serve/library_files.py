@@ -16,6 +16,7 @@ from pathlib import Path
 
 # Library names (vectors and presets): ASCII letters, digits, '.', '_', '-'; no leading dot, no '/'.
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+FILE_MODE = 0o644
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -32,6 +33,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; library files are as readable as a plain write makes them
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

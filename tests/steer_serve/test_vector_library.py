@@ -169,3 +169,9 @@ def test_check_name_uses_fullmatch() -> None:
     assert check_name("gloomy.v2_a-b") == "gloomy.v2_a-b"
     with pytest.raises(ValueError):
         check_name("gloomy\n")
+
+
+def test_written_files_are_world_readable(tmp_path) -> None:
+    lib = VectorLibrary.load_dir(tmp_path, SHAPE)
+    lib.register("v", _bytes(vector()))
+    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == {"0o644"}
