@@ -19,7 +19,7 @@ NONE = "none"  # label value for "not in an experiment" / "no arm"
 OUTCOMES = ("assigned", "forced", "no_unit", "not_covered", "killed")
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 _REJECTION_FIELDS = ("vector", "layers", "scale", "positions", "type", "value", "disable", "force", "mask",
-                     "interventions", "vllm_xargs", "steering")
+                     "interventions", "preset", "vllm_xargs", "steering")
 
 REQUESTS = Counter(
     "steer_serve:requests", "Completion requests answered, by served model, experiment, arm and HTTP status",

@@ -27,6 +27,7 @@ from steer_serve.settings import Settings
 from steer_serve.steering_resolver import SteeringResolver
 from steer_serve.vector_library import VectorLibrary
 from steer_serve_vllm.api_middleware import SteeringMiddleware
+from steer_serve_vllm.openapi_schema import publish_steering_schema
 from steer_serve_vllm.experiment_routes import router as experiment_router
 from steer_serve_vllm.library_routes import router as library_router
 
@@ -78,6 +79,7 @@ class SteerServeEndpointPlugin:
         app.include_router(library_router)
         app.include_router(experiment_router)
         app.add_middleware(SteeringMiddleware)
+        publish_steering_schema(app)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
         if engine_client is None:

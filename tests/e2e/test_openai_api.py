@@ -72,3 +72,11 @@ def test_vector_library_listing(tiny_eager_server) -> None:
     assert entry["layers"] == [0, 1, 2, 3] and entry["dim"] == 128
     assert len(entry["sha256"]) == 64 and set(entry["norm"]) == {"0", "1", "2", "3"}
     assert tiny_eager_server.client.get("/v1/steering/vectors/nope").status_code == 404
+
+
+def test_openapi_schema_publishes_steering(tiny_eager_server) -> None:
+    schemas = tiny_eager_server.client.get("/openapi.json").json()["components"]["schemas"]
+    for request in ("ChatCompletionRequest", "CompletionRequest"):
+        assert schemas[request]["properties"]["steering"]["anyOf"][0]["$ref"] == "#/components/schemas/SteeringSpec"
+    add = schemas["AddIntervention"]
+    assert add["additionalProperties"] is False and add["properties"]["positions"]["enum"] == ["all", "prompt", "generated"]
