@@ -1,20 +1,28 @@
 """Rebuild the steering vectors shipped in configs/vectors/ from their datasets.
 
-    .venv/bin/python scripts/make_default_vectors.py            # writes configs/vectors/gloomy.safetensors
-    .venv/bin/python scripts/make_default_vectors.py --demo     # also prints HF before/after generations
+    .venv/bin/python scripts/make_default_vectors.py                 # writes every vector below
+    .venv/bin/python scripts/make_default_vectors.py --only gloomy   # one of them
+    .venv/bin/python scripts/make_default_vectors.py --demo          # also prints HF before/after generations
 
-gloomy.safetensors: difference of means (position "mean") of SmolLM2-135M-Instruct's
-residual stream after decoder layers 6-14, gloomy minus cheerful assistant replies from
-configs/datasets/gloomy.jsonl. Recommended scale: 0.6 (added at each of the 9 layers, at
-every token). Much above that, answers drift into dark prose that ignores the question and
-starts repeating; negative scales push towards cheerful (the model is cheerful already).
+All from SmolLM2-135M-Instruct's residual stream (layer L = output of decoder layer L), with
+the token position "mean" (mean over the tokens of each example):
 
-Everything is deterministic (greedy decoding, no sampling, no timestamps in the file).
+- gloomy: difference of means, layers 6-14, gloomy minus cheerful replies (gloomy.jsonl).
+  Recommended scale 0.6; much above, answers drift into dark prose that ignores the question
+  and starts repeating; negative scales push towards cheerful (the model is cheerful already).
+- gloomy_centred: mean-centred, the gloomy replies of gloomy.jsonl minus neutral.jsonl.
+- gloomy_pca: repeng's PCA of the paired gloomy - cheerful differences (unit norm per layer).
+- formal: difference of means, formal minus casual replies (formal.jsonl).
+- pirate: difference of means, pirate-speak minus plain replies (pirate.jsonl).
+
+Everything is deterministic (no sampling, no timestamps in the files); see
+configs/vectors/README.md for scales and docs/reports/ for measured effects.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from steer_serve.default_model import default_model_dir
@@ -22,62 +30,77 @@ from steer_serve.extraction import extract_to_file
 from steer_serve.steering_vector import SteeringVector
 
 ROOT = Path(__file__).resolve().parent.parent
-DATASET = ROOT / "configs" / "datasets" / "gloomy.jsonl"
-OUT = ROOT / "configs" / "vectors" / "gloomy.safetensors"
-LAYERS = list(range(6, 15))
-POSITION = "mean"
-RECOMMENDED_SCALE = 0.6
+DATASETS = ROOT / "configs" / "datasets"
+VECTORS = ROOT / "configs" / "vectors"
+MIDDLE = list(range(6, 15))
+
+
+@dataclass(frozen=True)
+class VectorRecipe:
+    name: str
+    dataset: str
+    method: str
+    recommended_scale: float
+    layers: tuple[int, ...] = tuple(MIDDLE)
+    position: str = "mean"
+    neutral: str | None = None
+
+
+RECIPES = (
+    VectorRecipe("gloomy", "gloomy.jsonl", "diff_means", 0.6),
+    VectorRecipe("gloomy_centred", "gloomy.jsonl", "mean_centred", 0.2, tuple(range(6, 11)), neutral="neutral.jsonl"),
+    VectorRecipe("gloomy_pca", "gloomy.jsonl", "pca", 4.0),
+    VectorRecipe("formal", "formal.jsonl", "diff_means", 0.6),
+    VectorRecipe("pirate", "pirate.jsonl", "diff_means", 0.6, tuple(range(6, 11))),
+)
 DEMO_PROMPTS = ("Tell me about your weekend.", "What do you think of Mondays?", "Describe a walk in the park.")
 DEMO_MAX_TOKENS = 60
+
+
+def build(recipe: VectorRecipe, model_dir: Path) -> SteeringVector:
+    neutral = DATASETS / recipe.neutral if recipe.neutral else None
+    return extract_to_file(model_dir, DATASETS / recipe.dataset, list(recipe.layers), VECTORS / f"{recipe.name}.safetensors",
+                           position=recipe.position, method=recipe.method, neutral_path=neutral)
 
 
 def generate(model_dir: Path, prompt: str, vector: SteeringVector | None, scale: float) -> str:
     """Greedy HF generation with `scale * direction` added to each steered layer's output."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from steer_serve.extraction import decoder_layers
+    from steer_serve.activations import load_model
+    from steer_serve.effect_report import steered
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    handles = []
-    for layer in vector.layers if vector is not None else []:
-        delta = torch.from_numpy(vector.directions[layer]) * scale
-
-        def hook(_module, _inputs, output, delta=delta):  # noqa: ANN001, ANN202
-            if isinstance(output, tuple):
-                return (output[0] + delta, *output[1:])
-            return output + delta
-
-        handles.append(decoder_layers(model)[layer].register_forward_hook(hook))
-    try:
-        inputs = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=DEMO_MAX_TOKENS, do_sample=False)
-        return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    finally:
-        for handle in handles:
-            handle.remove()
+    model, tokenizer = load_model(model_dir)
+    additions = dict(vector.directions) if vector is not None else {}
+    inputs = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with steered(model, additions, scale), torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=DEMO_MAX_TOKENS, do_sample=False)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=[r.name for r in RECIPES], action="append", help="build only these vectors")
     parser.add_argument("--demo", action="store_true", help="print greedy before/after generations")
-    parser.add_argument("--scale", type=float, default=RECOMMENDED_SCALE, help="scale for --demo")
+    parser.add_argument("--scale", type=float, default=None, help="scale for --demo (default: each vector's recommended)")
     args = parser.parse_args()
 
     model_dir = default_model_dir()
-    vector = extract_to_file(model_dir, DATASET, LAYERS, OUT, position=POSITION)
-    norms = {layer: float((vector.directions[layer] ** 2).sum() ** 0.5) for layer in vector.layers}
-    print(f"wrote {OUT.relative_to(ROOT)} sha256(content)={vector.content_sha256()}")
-    print("norms: " + ", ".join(f"{layer}: {norm:.2f}" for layer, norm in norms.items()))
-    if args.demo:
-        for prompt in DEMO_PROMPTS:
-            print(f"\n### {prompt}")
-            print(f"before: {generate(model_dir, prompt, None, 0.0)!r}")
-            print(f"after (scale {args.scale}): {generate(model_dir, prompt, vector, args.scale)!r}")
+    for recipe in RECIPES:
+        if args.only and recipe.name not in args.only:
+            continue
+        vector = build(recipe, model_dir)
+        norms = {layer: float((vector.directions[layer] ** 2).sum() ** 0.5) for layer in vector.layers}
+        print(f"wrote configs/vectors/{recipe.name}.safetensors ({recipe.method}) sha256(content)={vector.content_sha256()}")
+        print("norms: " + ", ".join(f"{layer}: {norm:.2f}" for layer, norm in norms.items()))
+        if args.demo:
+            scale = args.scale if args.scale is not None else recipe.recommended_scale
+            for prompt in DEMO_PROMPTS:
+                print(f"\n### {recipe.name}: {prompt}")
+                print(f"before: {generate(model_dir, prompt, None, 0.0)!r}")
+                print(f"after (scale {scale}): {generate(model_dir, prompt, vector, scale)!r}")
 
 
 if __name__ == "__main__":
