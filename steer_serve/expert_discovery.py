@@ -153,7 +153,7 @@ def ranking_markdown(discovery: Discovery, limit: int = 20) -> str:
     chosen = {(layer, e) for layer, experts in discovery.selected.items() for e in experts}
     lines = [
         f"Routing frequency per token (behaviour: {discovery.behaviour_tokens} tokens, "
-        f"neutral: {discovery.neutral_tokens} tokens); top {limit} of {len(discovery.ranking)}.",
+        f"neutral: {discovery.neutral_tokens} tokens); top {min(limit, len(discovery.ranking))} of {len(discovery.ranking)}.",
         "",
         "| rank | layer | expert | behaviour freq | neutral freq | difference | in preset |",
         "|---:|---:|---:|---:|---:|---:|:---:|",
@@ -181,7 +181,7 @@ def discover(model_dir: Path, behaviour_path: Path, neutral_path: Path, k: int, 
     selected = select(ranking, k, mode, routers)
     if not selected:
         raise ValueError("no expert is routed more often for the behaviour set than for the neutral set")
-    description = (f"{mode} the {sum(map(len, selected.values()))} experts of {Path(model_dir).name} routed more often "
+    description = (f"{mode} the {sum(map(len, selected.values()))} expert(s) of {Path(model_dir).name} routed more often "
                    f"for {behaviour_path.name} (sha256 {file_sha256(behaviour_path)[:12]}) than for "
                    f"{neutral_path.name} (sha256 {file_sha256(neutral_path)[:12]})")
     preset = build_preset(name, selected, mode, description)
