@@ -25,8 +25,15 @@ from steer_serve.extraction import (
     render,
 )
 from steer_serve.vector_formats import read_vector
+from support.threads import single_thread
 
 NUM_LAYERS = 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
