@@ -20,6 +20,12 @@ import steer_serve  # noqa: E402,F401
 sys.path[:] = _saved_path
 sys.path.insert(0, str(_TESTS))
 
+import torch  # noqa: E402
+
+# The HF reference runs in this process next to vLLM servers whose workers keep a core busy;
+# two OpenMP threads spinning against them make small forwards orders of magnitude slower.
+torch.set_num_threads(1)
+
 from steer_serve.default_model import default_model_dir  # noqa: E402
 from steer_serve.steering_vector import SteeringVector  # noqa: E402
 from steer_serve.vector_formats import write_vector  # noqa: E402
