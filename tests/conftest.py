@@ -1,6 +1,8 @@
 """Session-wide fixtures: models are built once, servers start once per session and are shared.
 
-Server fixtures are lazy: a test run that selects only unit tests starts no server.
+Server fixtures are lazy: a test run that selects only unit tests starts no server. Only the
+tiny eager server lives for the whole session; the others are module-scoped, so that at most
+about three servers (a few GiB each) are alive at once on a 24 GiB machine.
 """
 
 from __future__ import annotations
@@ -73,18 +75,18 @@ def tiny_eager_server(request, tiny_llama_dir, tiny_vector_dir, log_dir) -> Serv
     return _serve(request, model=tiny_llama_dir, log_dir=log_dir, vector_dir=tiny_vector_dir, eager=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_compiled_server(request, tiny_llama_dir, tiny_vector_dir, log_dir) -> Server:
     return _serve(request, model=tiny_llama_dir, log_dir=log_dir, vector_dir=tiny_vector_dir, eager=False)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_plain_server(request, tiny_llama_dir, log_dir) -> Server:
     """Plain vLLM, no plugin loaded: the baseline unsteered outputs must equal."""
     return _serve(request, model=tiny_llama_dir, log_dir=log_dir, plugin=False, eager=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def smollm2_server(request, smollm2_dir, log_dir) -> Server:
     """The default model with the shipped vector library, compiled (vLLM's default mode)."""
     return _serve(request, model=smollm2_dir, log_dir=log_dir, eager=False)
@@ -121,7 +123,7 @@ def experiments_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_experiment_server(request, tiny_llama_dir, tiny_vector_dir, experiments_dir, log_dir) -> Server:
     """The tiny model serving the experiments above, with an admin key (one server for all experiment e2e tests)."""
     return _serve(request, model=tiny_llama_dir, log_dir=log_dir, vector_dir=tiny_vector_dir, eager=True,
