@@ -14,6 +14,7 @@ from collections import OrderedDict
 
 class SlotAllocator:
     def __init__(self, num_slots: int) -> None:
+        self.capacity = num_slots
         self._free = list(range(num_slots, 0, -1))  # slots 1..num_slots, popped from the end
         self._resident: OrderedDict[str, int] = OrderedDict()  # fingerprint -> slot, LRU first
 

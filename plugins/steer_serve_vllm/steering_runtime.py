@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from steer_serve import wire_format
+from steer_serve.engine_stats import WorkerSteeringStats
 from steer_serve.resolved_steering import ResolvedSteering
 from steer_serve.model_shape import ModelShape
 from steer_serve_vllm.slot_allocator import SlotAllocator
@@ -71,6 +72,14 @@ class SteeringRuntime:
     @property
     def num_live_requests(self) -> int:
         return len(self._request_fingerprint)
+
+    def stats(self, rank: int) -> WorkerSteeringStats:
+        """Bookkeeping counts for the engine stats route: after traffic stops, live counts must be 0."""
+        return WorkerSteeringStats(
+            rank=rank, live_requests=self.num_live_requests, live_configurations=len(self._configs),
+            resident_slots=self.slots.num_resident, slot_capacity=self.slots.capacity,
+            table_bytes=self.tables.nbytes + self.token_rows.numel() * self.token_rows.element_size(),
+        )
 
     # ---- per step ----------------------------------------------------------------------
     def prepare_step(

@@ -27,6 +27,12 @@ class SteeringTables:
         # Router logits are float32 in vLLM's GateLinear; -inf must stay exact.
         self.router_bias = torch.zeros(L, rows, experts, device=device, dtype=torch.float32)  # [L, R, E]
 
+    @property
+    def nbytes(self) -> int:
+        """Device memory held by the tables (reported by the engine stats route)."""
+        tables = (self.add, self.proj_dir, self.proj_value, self.head_scale, self.router_bias)
+        return sum(t.numel() * t.element_size() for t in tables)
+
     def load(self, slot: int, steering: ResolvedSteering) -> None:
         """Overwrite slot `slot` (both phase rows) with `steering`; out-of-range entries are skipped."""
         rows = slice(2 * slot, 2 * slot + 2)

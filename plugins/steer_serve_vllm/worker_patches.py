@@ -1,4 +1,5 @@
-"""Patches applied in worker processes: wrap four model-runner methods of vLLM 0.32.
+"""Patches applied in worker processes: wrap four model-runner methods of vLLM 0.32, and add
+one method to the worker class for the engine stats route.
 
 The ledger below is the single list of vLLM symbols we touch on the engine side. Each wrapper
 calls the original first and adds our bookkeeping after it; none changes vLLM's behaviour for
@@ -20,6 +21,9 @@ from steer_serve_vllm.steering_runtime import SteeringRuntime
 logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
 
 _RUNTIME_ATTR = "_steer_serve_runtime"
+# Worker method called by name through the engine client's `collective_rpc` (a name, not a
+# pickled callable: callables would need VLLM_ALLOW_INSECURE_SERIALIZATION).
+STATS_METHOD = "steer_serve_stats"
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,12 @@ LEDGER = (
         "build the token->table-row index in the forward's final token order each step",
         "vLLM exposes per-step token metadata to plugins (as it does for LoRA's token mapping)",
     ),
+    PatchRecord(
+        f"vllm.v1.worker.gpu_worker.Worker.{STATS_METHOD} (added; CPUWorker inherits it)",
+        "answer `collective_rpc(\"steer_serve_stats\")` from the API process with this worker's steering "
+        "bookkeeping (GET /v1/steering/engine); collective_rpc looks worker methods up by name",
+        "vLLM's --worker-extension-cls is set by every launcher we support (it adds methods without a patch)",
+    ),
 )
 
 
@@ -89,6 +99,7 @@ def apply_worker_patches() -> None:
     _wrap(runner_cls, "_update_states", _after_update_states)
     _wrap(runner_cls, "_on_request_state_removed", _after_request_removed)
     _wrap(runner_cls, "_prepare_inputs", _after_prepare_inputs)
+    _add_stats_method()
     runner_cls._steer_serve_patched = True
     logger.info("steer-serve: patched %d vLLM model-runner symbols", len(LEDGER))
 
@@ -107,6 +118,21 @@ def _refuse_model_runner_v2() -> None:
         )
 
     v2.GPUModelRunner.load_model = load_model
+
+
+def _add_stats_method() -> None:
+    from vllm.v1.worker.gpu_worker import Worker
+
+    if STATS_METHOD in vars(Worker):
+        raise RuntimeError(f"vLLM's Worker already defines {STATS_METHOD!r}; steer-serve would shadow it")
+    setattr(Worker, STATS_METHOD, worker_stats)
+
+
+def worker_stats(worker: Any) -> dict[str, int] | None:
+    """This worker's steering stats as a plain dict (it crosses msgpack/ZMQ to the API process);
+    None when the runtime is not installed (a worker that never loaded a model)."""
+    runtime = runtime_of(getattr(worker, "model_runner", None))
+    return None if runtime is None else runtime.stats(worker.rank).model_dump()
 
 
 def _wrap(cls: type, name: str, after: Callable[..., None]) -> None:

@@ -60,3 +60,20 @@ def test_unreadable_payload_leaves_request_unsteered_without_raising() -> None:
     runtime.add_request("bad", {wire_format.EXTRA_ARGS_KEY: "{not json"})
     runtime.prepare_step(["bad"], np.array([2]), np.array([0]), np.array([2]))
     assert runtime.num_live_requests == 0 and runtime.token_rows.eq(0).all()
+
+
+def test_stats_follow_requests_configurations_and_slots() -> None:
+    runtime = _runtime()
+    runtime.add_request("a", _payload(0, "all", 1.0))
+    runtime.add_request("b", _payload(0, "all", 1.0))  # same fingerprint as "a": one configuration
+    runtime.add_request("c", _payload(1, "all", 2.0))
+    runtime.prepare_step(["a", "b", "c"], np.array([1, 1, 1]), np.array([0, 0, 0]), np.array([1, 1, 1]))
+    stats = runtime.stats(rank=0)
+    assert (stats.live_requests, stats.live_configurations, stats.resident_slots, stats.slot_capacity) == (3, 2, 2, 4)
+    # L * R * (D + K*D + K + H) * 4 bytes + T_max * 8 bytes, with R = 2 * (4 + 1) and no experts
+    rows, k = 10, runtime.tables.proj_dir.shape[2]
+    assert stats.table_bytes == 3 * rows * (4 + k * 4 + k + 2) * 4 + 16 * 8
+    for req_id in ("a", "b", "c"):
+        runtime.remove_request(req_id)
+    assert runtime.stats(rank=0).model_dump(include={"live_requests", "live_configurations", "resident_slots"}) == {
+        "live_requests": 0, "live_configurations": 0, "resident_slots": 0}

@@ -25,3 +25,16 @@ def test_ledger_symbol_is_patched(record) -> None:
     method = vars(cls)[attr]
     assert getattr(method, "steer_serve_wrapper", False), f"{record.symbol} is not wrapped"
     assert not getattr(method.__wrapped__, "steer_serve_wrapper", False), f"{record.symbol} is wrapped twice"
+
+
+def test_stats_method_is_added_to_the_worker_class() -> None:
+    """collective_rpc("steer_serve_stats") finds it by name on vLLM's Worker (CPUWorker inherits)."""
+    from vllm.v1.worker.cpu_worker import CPUWorker
+    from vllm.v1.worker.gpu_worker import Worker
+
+    from steer_serve_vllm.worker_patches import STATS_METHOD, worker_stats
+
+    apply_worker_patches()
+    assert vars(Worker)[STATS_METHOD] is worker_stats
+    assert getattr(CPUWorker, STATS_METHOD) is worker_stats
+    assert any(STATS_METHOD in r.symbol for r in LEDGER)
