@@ -30,6 +30,8 @@ from steer_serve_vllm.api_middleware import SteeringMiddleware
 from steer_serve_vllm.openapi_schema import publish_steering_schema
 from steer_serve_vllm.experiment_routes import router as experiment_router
 from steer_serve_vllm.library_routes import router as library_router
+from steer_serve_vllm.engine_routes import router as engine_router
+from steer_serve_vllm.engine_death import exit_nonzero_on_engine_death
 
 logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
 
@@ -78,6 +80,7 @@ class SteerServeEndpointPlugin:
     def attach_router(self, app: FastAPI) -> None:
         app.include_router(library_router)
         app.include_router(experiment_router)
+        app.include_router(engine_router)
         app.add_middleware(SteeringMiddleware)
         publish_steering_schema(app)
 
@@ -85,6 +88,7 @@ class SteerServeEndpointPlugin:
         if engine_client is None:
             return
         _require_engine_plugin()
+        exit_nonzero_on_engine_death(engine_client)
         model_config = engine_client.model_config
         shape = model_shape(model_config.served_model_name, model_config.hf_text_config)
         _share_vllm_log_handlers()
