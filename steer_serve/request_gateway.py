@@ -10,6 +10,7 @@ refused here: a misspelt field must never run unsteered.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from steer_serve import wire_format
+from steer_serve.resolved_steering import ResolvedSteering
 from steer_serve.steering_resolver import SteeringError, SteeringResolver
 from steer_serve.steering_spec import INTERVENTION_TYPES, SteeringSpec
 
@@ -81,11 +83,12 @@ class RequestGateway:
         if steering is None:
             return Forward(headers=extra, assignment=assignment)
         fingerprint = steering.fingerprint
+        own_salt = _cache_salt(steering, request)
         xargs = dict(request.get("vllm_xargs") or {})
         xargs[wire_format.EXTRA_ARGS_KEY] = wire_format.encode(steering)
         request["vllm_xargs"] = xargs
         salt = request.get("cache_salt")
-        request["cache_salt"] = f"{salt}|steer:{fingerprint}" if salt else f"steer:{fingerprint}"
+        request["cache_salt"] = f"{salt}|{own_salt}" if salt else own_salt
         headers_out = {FINGERPRINT_HEADER: fingerprint, **extra}
         return Forward(json.dumps(request).encode(), headers_out, fingerprint, assignment)
 
@@ -95,6 +98,23 @@ class RequestGateway:
             return None
         assignment = self.arms.choose(request, headers, forced)
         return assignment if assignment.arm is not None else None
+
+
+def _cache_salt(steering: ResolvedSteering, request: dict[str, Any]) -> str:
+    """The prefix-cache salt of a steered request (call before the body is rewritten).
+
+    The fingerprint keeps steered and unsteered KV apart. It is not enough when an edit depends
+    on the phase (`positions` prompt/generated): a block cached from request A's *generated*
+    tokens can be reused by request B whose prompt continues A's output (a chat's next turn),
+    and in B those tokens are prompt tokens that should have been edited differently. Then the
+    salt also pins the request body (steering removed), so KV is shared only between requests
+    with the same prompt, hence the same prompt/generated boundary. Known gap: the prompts of
+    one request with a list of prompts share a salt.
+    """
+    if not steering.phase_dependent:
+        return f"steer:{steering.fingerprint}"
+    body = hashlib.sha256(json.dumps(request, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+    return f"steer:{steering.fingerprint}:body:{body}"
 
 
 def _extract_raw_spec(request: dict[str, Any], path: str) -> Any:

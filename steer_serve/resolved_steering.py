@@ -78,6 +78,16 @@ class ResolvedSteering:
         return frozenset(kind for kind, edits in present.items() if edits)
 
     @property
+    def phase_dependent(self) -> bool:
+        """True when some edit applies to prompt tokens only or generated tokens only.
+
+        The same token then gets different edits as a prompt token and as a generated token,
+        so its KV depends on the request's prompt length, not only on the tokens (prefix cache).
+        """
+        edits = (*self.additions, *self.projections, *self.head_scales, *self.expert_routing)
+        return any(edit.positions != "all" for edit in edits)
+
+    @property
     def fingerprint(self) -> str:
         """Content hash of every edit; stable across processes and spellings."""
         digest = hashlib.sha256(b"steer-serve/v1")

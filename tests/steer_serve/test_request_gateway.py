@@ -50,3 +50,19 @@ def test_non_json_bodies_pass_through_for_vllm_to_answer(tmp_path) -> None:
 def test_rejection_body_is_openai_shaped() -> None:
     error = json.loads(Rejection("bad layer", "steering.interventions[0].layers").body())["error"]
     assert error == {"message": "bad layer", "type": "BadRequestError", "param": "steering.interventions[0].layers", "code": 400}
+
+
+def _salt(tmp_path, prompt: list[int], positions: str) -> str:
+    spec = {"interventions": [{"type": "add", "vector": "v", "layers": [1], "scale": 2.0, "positions": positions}]}
+    decision = _prepare(tmp_path, {"model": "m", "prompt": prompt, "steering": spec}, "/v1/completions")
+    return json.loads(decision.body)["cache_salt"]
+
+
+def test_phase_dependent_steering_pins_the_prompt_in_the_salt(tmp_path) -> None:
+    """A next turn's prompt contains the previous turn's generated tokens: with prompt- or
+    generated-only edits their KV differs, so the two requests must not share cached blocks."""
+    turn, next_turn = [1, 5, 6], [1, 5, 6, 7, 8]
+    assert _salt(tmp_path, turn, "all") == _salt(tmp_path, next_turn, "all")
+    for positions in ("prompt", "generated"):
+        assert _salt(tmp_path, turn, positions) != _salt(tmp_path, next_turn, positions)
+        assert _salt(tmp_path, turn, positions) == _salt(tmp_path, list(turn), positions)
