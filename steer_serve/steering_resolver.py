@@ -62,17 +62,19 @@ class SteeringResolver:
                 "steering.interventions",
             )
         builder = SteeringBuilder()
-        for intervention, where in expanded:
-            if isinstance(intervention, AddIntervention):
-                self._add(intervention, where, builder)
-            elif isinstance(intervention, (AblateIntervention, ClampIntervention)):
-                self._project(intervention, where, builder)
-            elif isinstance(intervention, ExpertsIntervention):
-                self._experts(intervention, where, builder)
-            else:
-                self._heads(intervention, where, builder)
+        with np.errstate(over="ignore"):  # overflow to inf is refused below (_check_float32), not warned about
+            for intervention, where in expanded:
+                if isinstance(intervention, AddIntervention):
+                    self._add(intervention, where, builder)
+                elif isinstance(intervention, (AblateIntervention, ClampIntervention)):
+                    self._project(intervention, where, builder)
+                elif isinstance(intervention, ExpertsIntervention):
+                    self._experts(intervention, where, builder)
+                else:
+                    self._heads(intervention, where, builder)
         self._check_projection_counts(builder)
         self._check_routing(builder)
+        _check_float32(builder)
         return builder.build()
 
     # ---- presets -----------------------------------------------------------------------
@@ -212,7 +214,12 @@ class SteeringResolver:
                 f"inline vector has {len(edit.vector)} values; the model's hidden size is {self.shape.hidden_size}",
                 f"{where}.vector",
             )
-        vector = np.asarray(edit.vector, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            vector = np.asarray(edit.vector, dtype=np.float32)
+        if not np.isfinite(vector).all():
+            bad = int(np.flatnonzero(~np.isfinite(vector))[0])
+            raise SteeringError(f"vector[{bad}] = {edit.vector[bad]} does not fit in float32 (|x| <= {_F32_MAX:.4g})",
+                                f"{where}.vector")
         return {layer: vector for layer in range(self.shape.num_layers)}
 
     def _layers(self, edit: AddIntervention | AblateIntervention | ClampIntervention, available: list[int],
@@ -257,6 +264,18 @@ class SteeringResolver:
     def _check_magnitude(self, value: float, what: str, where: str) -> None:
         if abs(value) > self.settings.max_abs_scale:
             raise SteeringError(f"{what} exceeds the limit |scale| <= {self.settings.max_abs_scale}", where)
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float32(builder: SteeringBuilder) -> None:
+    """Refuse edits that overflow float32 once scaled and summed: the engine would add inf to the
+    residual stream and the request would silently generate from NaN logits."""
+    for (layer, _), vector in builder.additions.items():
+        if not np.isfinite(vector).all():
+            raise SteeringError(f"scale * vector on layer {layer} overflows float32 (|x| <= {_F32_MAX:.4g})",
+                                "steering.interventions")
 
 
 def _ranges(values: list[int]) -> str:
