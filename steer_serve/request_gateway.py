@@ -66,8 +66,10 @@ class RequestGateway:
     def prepare(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Rejection | Forward:
         """Validate and apply the request's own steering or, when it carries none, its experiment arm."""
         try:
-            request = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            request = _load_json(body, "request body")
+        except UnparsableJSON as exc:
+            return Rejection(str(exc))
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
             return Forward()  # not JSON: vLLM answers with its own 400
         if not isinstance(request, dict):
             return Forward()
@@ -142,9 +144,33 @@ def _parse_xargs_spec(value: Any) -> Any:
     if not isinstance(value, str):
         raise SteeringError("vllm_xargs.steering must be a JSON string", "vllm_xargs.steering")
     try:
-        return json.loads(value)
+        return _load_json(value, "vllm_xargs.steering")
+    except UnparsableJSON as exc:
+        raise SteeringError(str(exc), "vllm_xargs.steering") from None
     except ValueError as exc:
         raise SteeringError(f"vllm_xargs.steering is not valid JSON: {exc}", "vllm_xargs.steering") from None
+
+
+class UnparsableJSON(ValueError):
+    """Well-formed JSON that Python's parser still refuses (too deep, too many digits)."""
+
+
+def _load_json(data: bytes | str, what: str) -> Any:
+    """json.loads, with the two failures of *valid* JSON turned into a clear 400 (UnparsableJSON).
+
+    Python's parser recurses per nesting level (RecursionError, ~1000 levels) and refuses integer
+    literals over 4300 digits (a plain ValueError). Neither may become a 500, and a body vLLM
+    could parse differently must not be forwarded with its `steering` unread. Syntax errors stay
+    ValueError (JSONDecodeError): the caller decides.
+    """
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise UnparsableJSON(f"{what} is nested too deeply (JSON nesting is limited to about 1000 levels)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise
+    except ValueError as exc:  # int_max_str_digits: the only other ValueError json.loads raises
+        raise UnparsableJSON(f"{what} has a number with too many digits ({str(exc).split(':')[0]})") from None
 
 
 def _refuse_lookalikes(mapping: dict[str, Any], prefix: str) -> None:

@@ -7,6 +7,7 @@ so a misspelt field is an error instead of a silently unsteered request.
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
@@ -20,16 +21,34 @@ Number = Union[StrictInt, StrictFloat]
 Positions = Literal["all", "prompt", "generated"]
 
 
+# Layer and head keys: ASCII digits only (str.isdigit() also accepts '²', which int() refuses) and
+# short enough for int() (a 5000-digit key would raise outside validation, i.e. a 500).
+_INDEX_KEY = re.compile(r"-?[0-9]{1,18}")
+
+
+def _is_finite(value: float) -> bool:
+    """math.isfinite, except that an integer too large for a float is not finite (no OverflowError)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _require_finite(value: float, what: str) -> float:
-    if not math.isfinite(value):
-        raise ValueError(f"{what} must be a finite number, got {value}")
+    if not _is_finite(value):
+        shown = "an integer too large for a float" if isinstance(value, int) else value
+        raise ValueError(f"{what} must be a finite number, got {shown}")
     return value
+
+
+def _short(key: str) -> str:
+    return repr(key) if len(key) <= 24 else repr(key[:24]) + f"... ({len(key)} characters)"
 
 
 def _check_layer_keys(mapping: dict[str, object], what: str) -> None:
     for key in mapping:
-        if not key.lstrip("-").isdigit():
-            raise ValueError(f"{what} key {key!r} is not a layer number")
+        if _INDEX_KEY.fullmatch(key) is None:
+            raise ValueError(f"{what} key {_short(key)} is not a layer number")
 
 
 class _Intervention(BaseModel):
@@ -52,9 +71,10 @@ class _VectorIntervention(_Intervention):
     @classmethod
     def _finite_vector(cls, value: str | list[float]) -> str | list[float]:
         if isinstance(value, list):
-            bad = next((i for i, x in enumerate(value) if not math.isfinite(x)), None)
+            bad = next((i for i, x in enumerate(value) if not _is_finite(x)), None)
             if bad is not None:
-                raise ValueError(f"vector[{bad}] is {value[bad]}; values must be finite")
+                shown = "an integer too large for a float" if isinstance(value[bad], int) else value[bad]
+                raise ValueError(f"vector[{bad}] is {shown}; values must be finite")
         return value
 
     @field_validator("layers")
@@ -143,8 +163,8 @@ class HeadsIntervention(_Intervention):
         _check_layer_keys(self.scale, "scale")
         for layer, factors in self.scale.items():
             for head, factor in factors.items():
-                if not head.isdigit():
-                    raise ValueError(f"scale[{layer!r}] key {head!r} is not a head number")
+                if _INDEX_KEY.fullmatch(head) is None or head.startswith("-"):
+                    raise ValueError(f"scale[{_short(layer)}] key {_short(head)} is not a head number")
                 _require_finite(factor, f"scale of head {head} in layer {layer}")
         return self
 

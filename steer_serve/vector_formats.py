@@ -16,7 +16,7 @@ from safetensors.numpy import load_file, save_file
 from steer_serve.steering_vector import SteeringVector
 
 SUFFIXES = (".safetensors", ".gguf")
-_TENSOR_NAME = re.compile(r"^direction\.(\d+)$")
+_TENSOR_NAME = re.compile(r"direction\.([0-9]{1,18})")  # ASCII digits only; used with fullmatch
 _GGUF_ARCH = "controlvector"
 _METADATA_KEY = "steer_serve"
 
@@ -48,7 +48,7 @@ def write_vector(vector: SteeringVector, path: Path) -> list[str]:
 def _directions_from_tensors(tensors: dict[str, np.ndarray], source: str) -> dict[int, np.ndarray]:
     directions: dict[int, np.ndarray] = {}
     for name, value in tensors.items():
-        match = _TENSOR_NAME.match(name)
+        match = _TENSOR_NAME.fullmatch(name)
         if match is None:
             raise VectorFormatError(f"{source}: unexpected tensor {name!r} (want direction.<layer>)")
         array = np.asarray(value, dtype=np.float32).reshape(-1)
