@@ -106,7 +106,12 @@ async def register_vector(request: Request) -> Any:
             return error_response(413, f"vector file exceeds {limit} bytes", "BadRequestError", "file")
         name = form.get("name")
         if name is None:
-            name = (upload.filename or "").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+            # The file name is only a default for `name`, never a path: one that carries a
+            # directory (POSIX or Windows) is refused rather than silently cut to its last part.
+            filename = upload.filename or ""
+            if "/" in filename or "\\" in filename:
+                return _bad(f"file name {filename!r} contains a directory; send a plain file name or `name`", "file")
+            name = filename.rsplit(".", 1)[0]
         if not isinstance(name, str) or not name:
             return _bad("missing `name`: the library name of the vector", "name")
         metadata = form.get("metadata")
