@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -67,7 +68,8 @@ def write_report(out: Path, result: FuzzResult, context: dict[str, Any]) -> Path
     lines = [
         "# OpenAPI fuzz (schemathesis)", "",
         f"Command: `{context['command']}`  ",
-        f"Seed {context['seed']}, schemathesis {context['schemathesis']}, {context['machine']}  ",
+        f"Commit {context['commit']}, seed {context['seed']}, schemathesis {context['schemathesis']}, "
+        f"{context['machine']}  ",
         f"**{result.requests} requests** in {result.duration_s:.0f} s (case generation {result.generation_s:.0f} s); "
         f"modes: {', '.join(f'{k} {v}' for k, v in result.by_mode.items())}; "
         f"{result.steered_ok} steered requests answered 200 (ran in the engine)  ",
@@ -93,6 +95,13 @@ NOTES = ("Cases come from the server's own /openapi.json. `[published body]` row
          "schemathesis' negative mode. Admin routes are sent with the right key (half), none, or a wrong one.")
 
 
+def _commit() -> str:
+    """The checked-out commit, marked dirty when tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return git("rev-parse", "--short", "HEAD") + (" (dirty)" if git("status", "--porcelain", "-uno") else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000, help="at least this many generated requests")
@@ -109,7 +118,7 @@ def main() -> None:
         server.stop()
     context = {"command": " ".join([".venv/bin/python -m loadtests.fuzz_openapi", *sys.argv[1:]]), "seed": args.seed,
                "schemathesis": schemathesis.SCHEMATHESIS_VERSION, "notes": NOTES, "server_log": str(server.log_path),
-               "machine": f"{platform.machine()}, Python {platform.python_version()}"}
+               "machine": f"{platform.machine()}, Python {platform.python_version()}", "commit": _commit()}
     print(f"report: {write_report(args.out, result, context)}")
     print(json.dumps({"requests": result.requests, "by_status": result.by_status, "problems": result.problems}))
     sys.exit(1 if result.problems else 0)
