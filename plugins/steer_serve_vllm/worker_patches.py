@@ -41,6 +41,12 @@ LEDGER = (
         "vLLM makes endpoint plugin failures fatal or configurable",
     ),
     PatchRecord(
+        "engine_client.shutdown (API process; the AsyncLLM instance only; engine_death.py)",
+        "mark a deliberate stop, so that an EngineCore process ending without it is an engine death "
+        "and the server exits non-zero (vLLM 0.32 exits 0) for supervisors to restart it",
+        "vLLM exits non-zero after an engine death",
+    ),
+    PatchRecord(
         "vllm.v1.worker.gpu_model_runner.GPUModelRunner.load_model",
         "allocate steering tables and install decoder-layer hooks after weights load and before "
         "the warm-up/compile run traces the model (later hooks are ignored under torch.compile)",
