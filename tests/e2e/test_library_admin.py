@@ -1,7 +1,8 @@
 """The runtime vector library and presets against a real tiny-model server, without restarts
 except where persistence is the point: register -> use (same as inline) -> delete -> 400; a
 vector deleted while a long stream uses it; presets alone and with inline interventions; admin
-auth; bad uploads; everything still there after the server restarts on the same directories."""
+auth; bad uploads; everything still there after the server restarts on the same directories
+(vectors, presets, experiments with their arm assignments, and an engaged kill switch)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import numpy as np
 import pytest
 
 from conftest import ADMIN_KEY, TINY_HIDDEN
+from steer_serve.experiments.assignment import arm_index
 from steer_serve.steering_vector import SteeringVector
 from steer_serve.vector_formats import vector_bytes
 from support.completions import completion_body
+from support.experiments import experiment, two_arms, write_experiments
 from support.servers import Server
 
 pytestmark = pytest.mark.slow
@@ -26,6 +29,7 @@ PROMPT = [1, 504, 3130, 314, 253, 1375]
 FINGERPRINT = "x-steer-serve-fingerprint"
 DIRECTION = np.random.default_rng(11).standard_normal(TINY_HIDDEN).astype(np.float32)
 LAYERS = [1, 2]
+EXPERIMENT = experiment("kept_exp", two_arms([{"type": "add", "vector": [0.5] * TINY_HIDDEN, "layers": [1], "scale": 2.0}]))
 
 
 class RestartableServer:
@@ -46,10 +50,12 @@ def library_server(request, tiny_llama_dir, tiny_vector_dir, log_dir, tmp_path_f
     vectors, presets = root / "vectors", root / "presets"
     shutil.copytree(tiny_vector_dir, vectors)  # never modify the shared fixture (or configs/)
     presets.mkdir()
+    experiments = write_experiments(root / "experiments", EXPERIMENT)  # keyed by `user`: the other tests send none
 
     def start() -> Server:
         server = Server(tiny_llama_dir, log_dir, vector_dir=vectors, eager=True,
-                        extra_args=["--preset-dir", str(presets), "--admin-key", ADMIN_KEY])
+                        extra_args=["--preset-dir", str(presets), "--admin-key", ADMIN_KEY,
+                                    "--experiments", str(experiments)])
         try:
             return server.wait_ready()
         except BaseException:
@@ -206,8 +212,21 @@ def test_bad_uploads_get_400(library_server, case) -> None:
     assert server.is_alive()
 
 
+def _arm(server: Server, user: str) -> str:
+    body = {**completion_body(server.model, PROMPT, 2), "user": user}
+    response = server.client.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    return response.headers["x-steer-serve-arm"]
+
+
+def _kill_switch(server: Server, engaged: bool) -> None:
+    answer = server.client.post("/v1/steering/experiments/kept_exp/kill-switch", json={"engaged": engaged}, headers=ADMIN)
+    assert answer.status_code == 200, answer.text
+
+
 def test_changes_survive_a_restart(library_server) -> None:
-    """Last in this module: it restarts the server on the same directories."""
+    """Last in this module: it restarts the server on the same directories. The kill switch stays
+    engaged across the restart (a restart must not quietly re-enable an arm an operator stopped)."""
     server = library_server.server
     assert _upload(server, "kept", vector_bytes(_same_direction_vector(), ".safetensors")[0]).status_code == 201
     preset = {"name": "kept_preset", "interventions": [{"type": "add", "vector": "kept", "scale": 0.5}]}
@@ -215,6 +234,10 @@ def test_changes_survive_a_restart(library_server) -> None:
     before = _completion(server, {"preset": "kept_preset"})
     names_before = [v["name"] for v in server.client.get("/v1/steering/vectors").json()["data"]]
     assert "inflight" not in names_before and "kept" in names_before
+    user = next(u for u in (f"user-{i}" for i in range(100)) if arm_index(EXPERIMENT["salt"], u, [1, 1]) == 1)
+    assert _arm(server, user) == "treatment"
+    _kill_switch(server, True)
+    assert _arm(server, user) == "control"
     library_server.restart()
     server = library_server.server
     assert [v["name"] for v in server.client.get("/v1/steering/vectors").json()["data"]] == names_before
@@ -224,3 +247,8 @@ def test_changes_survive_a_restart(library_server) -> None:
     assert sorted(p.name for p in library_server.vector_dir.iterdir() if not p.name.startswith(".")) == [
         "kept.json", "kept.safetensors", "tiny_a.safetensors"]
     assert not [p for p in library_server.vector_dir.iterdir() if p.name.endswith(".tmp")]
+    listed = server.client.get("/v1/steering/experiments").json()["data"]
+    assert [(e["key"], e["killed"]) for e in listed] == [("kept_exp", True)]
+    assert _arm(server, user) == "control"
+    _kill_switch(server, False)
+    assert _arm(server, user) == "treatment", "the unit's arm is the same after the restart"
