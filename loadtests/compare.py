@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import platform
+import signal
 import sys
 import tempfile
-from dataclasses import dataclass
+import subprocess
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,83 +29,52 @@ sys.path.insert(0, str(ROOT / "tests"))  # reuse the test suite's server launche
 
 from loadtests import workloads as wl  # noqa: E402
 from loadtests.hf_baseline import hf_throughput  # noqa: E402
+from loadtests.plan import Section, Table, Variant, default_model_section, moe_section, overhead_section  # noqa: E402
 from loadtests.report import summarise, write_report  # noqa: E402
 from loadtests.vllm_bench import run_benchmark  # noqa: E402
 from steer_serve.default_model import default_model_dir  # noqa: E402
 from support.servers import Server  # noqa: E402
-from support.tiny_models import build_tiny_llama  # noqa: E402
+from support.tiny_models import build_tiny_llama, build_tiny_model  # noqa: E402
 
 
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    plugin: bool
-    steering: wl.SteeringFor
-
-
-@dataclass(frozen=True)
-class Section:
-    name: str
-    model_dir: Path
-    model: wl.ModelSpec
-    variants: tuple[Variant, ...]
-    concurrency: int
-    num_requests: int
-    input_len: int
-    output_len: int
-    extra_args: tuple[str, ...] = ()
-
-
-def default_model_section(quick: bool) -> Section:
-    model = wl.ModelSpec("default", 576, 30)
-    distinct = wl.distinct_vectors(model, 32, 10)
-    variants = (
-        Variant("plain-vllm", False, wl.unsteered),
-        Variant("plugin-unsteered", True, wl.unsteered),
-        Variant("shared-vector-10L", True, wl.distinct_vectors(model, 1, 10)),
-        Variant("distinct-32-10L", True, distinct),
-        Variant("mixed-50-50", True, wl.mixed(distinct)),
-    )
-    return Section("default-model", default_model_dir(), model, variants, 32, 8 if quick else 64, 64,
-                   8 if quick else 128)
-
-
-def overhead_section(quick: bool, tiny_dir: Path) -> Section:
-    model = wl.ModelSpec("tiny", 128, 4)
-    variants = [Variant("plain-vllm", False, wl.unsteered), Variant("plugin-unsteered", True, wl.unsteered)]
-    variants += [Variant(f"distinct-{k}-all-layers", True, wl.distinct_vectors(model, k, 4)) for k in (1, 8, 32, 64)]
-    variants += [Variant("distinct-64-1-layer", True, wl.distinct_vectors(model, 64, 1))]
-    return Section("overhead-bound-tiny", tiny_dir, model, tuple(variants), 64, 8 if quick else 256, 32,
-                   8 if quick else 128, ("--max-num-seqs", "64"))
-
-
-def run_section(section: Section, repeats: int, log_dir: Path) -> dict:
-    servers = {flag: Server(section.model_dir, log_dir, plugin=flag, eager=False, extra_args=list(section.extra_args))
+def run_section(section: Section, repeats: int, log_dir: Path) -> dict[str, dict]:
+    """Both servers up, warmed; every table's variants interleaved, order reversed on odd repeats."""
+    servers = {flag: Server(section.model_dir, log_dir, plugin=flag, eager=False,
+                            extra_args=list(section.server_args) + (list(section.plugin_args) if flag else []))
                for flag in (False, True)}
     try:
         for server in servers.values():
             server.wait_ready()
-            _run(server, section, wl.unsteered, seed=10_000)  # warm-up
-        runs = []
+            warm_up = wl.build_requests(wl.unsteered, 16, 32, 16, vocab=section.vocab, seed=10_000)
+            run_benchmark(server.url, server.model, warm_up, concurrency=8)  # compile, caches, allocator
         seeds = itertools.count(1)
+        runs: dict[str, list[dict]] = {table.name: [] for table in section.tables}
         for repeat in range(repeats):
-            for variant in section.variants:
-                result = _run(servers[variant.plugin], section, variant.steering, next(seeds))
-                runs.append({"variant": variant.name, "repeat": repeat, "result": result})
-                print(f"[{section.name}] {variant.name} #{repeat}: {result['output_throughput']:.1f} tok/s, "
-                      f"TTFT p50 {result['p50_ttft_ms']:.0f} ms, failed {result.get('failed', 0)}", flush=True)
+            for table in section.tables:
+                order = table.variants if repeat % 2 == 0 else tuple(reversed(table.variants))
+                for variant in order:
+                    result = _run(servers[variant.plugin], section, table, variant, next(seeds))
+                    runs[table.name].append({"variant": variant.name, "repeat": repeat, "result": result})
+                    print(f"[{table.name}] {variant.name} #{repeat}: {result['output_throughput']:.1f} tok/s, "
+                          f"TTFT p50 {result['p50_ttft_ms']:.0f} ms, failed {result.get('failed', 0)}", flush=True)
     finally:
         for server in servers.values():
             server.stop()
-    baseline = section.variants[0].name
-    return {"runs": runs, "baseline": baseline, "summary": summarise(runs, baseline),
-            "setup": {"concurrency": section.concurrency, "requests": section.num_requests,
-                      "input_len": section.input_len, "output_len": section.output_len}}
+    return {table.name: _table_result(table, runs[table.name]) for table in section.tables}
 
 
-def _run(server: Server, section: Section, steering: wl.SteeringFor, seed: int) -> dict:
-    requests = wl.build_requests(steering, section.num_requests, section.input_len, section.output_len, seed=seed)
-    return run_benchmark(server.url, server.model, requests, concurrency=section.concurrency)
+def _table_result(table: Table, runs: list[dict]) -> dict:
+    baselines = {v.name: table.baseline_of(v) for v in table.variants}
+    return {"runs": runs, "summary": summarise(runs, baselines),
+            "setup": {"concurrency": table.concurrency, "requests": table.num_requests,
+                      "input_len": table.input_len, "output_len": table.output_len},
+            "sweeps": {v.name: asdict(v.sweep) for v in table.variants if v.sweep}}
+
+
+def _run(server: Server, section: Section, table: Table, variant: Variant, seed: int) -> dict:
+    requests = wl.build_requests(variant.steering, table.num_requests, table.input_len, table.output_len,
+                                 vocab=section.vocab, users=variant.users, seed=seed)
+    return run_benchmark(server.url, server.model, requests, concurrency=table.concurrency, rate=variant.rate)
 
 
 def hf_section(quick: bool, vllm_distinct: float) -> dict:
@@ -119,30 +91,74 @@ def hf_section(quick: bool, vllm_distinct: float) -> dict:
             "ratio_steer_serve_to_hf_distinct": vllm_distinct / distinct["output_throughput"]}
 
 
+AB_EXPERIMENT = """key: loadtest_ab
+salt: loadtest-ab
+status: running
+version: 1
+coverage: 1.0
+unit: user
+arms:
+  - {name: control, weight: 1, control: true}
+  - name: gloomy
+    weight: 1
+    interventions: [{type: add, vector: gloomy, scale: 0.4}]
+"""
+
+
+def experiments_args(out: Path) -> tuple[str, ...]:
+    """steer-serve runs one live experiment (50/50 control vs the shipped `gloomy` vector)."""
+    directory = out / "experiments"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "loadtest_ab.yaml").write_text(AB_EXPERIMENT)
+    return ("--experiments", str(directory), "--exposure-log", str(out / "logs" / "exposures.jsonl"))
+
+
+def machine() -> dict[str, str]:
+    import vllm
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    memory_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {"cpu": cpu, "cores": str(len(os.sched_getaffinity(0))),
+            "memory_gib": f"{memory_kb / 2**20:.1f}", "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__, "vllm": vllm.__version__,
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     cwd=ROOT).stdout.strip()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, measures nothing")
-    parser.add_argument("--sections", default="default,overhead,hf")
+    parser.add_argument("--sections", default="overhead,moe,default,hf", help="comma list of overhead,moe,default,hf")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: `finally` stops the servers
     wanted = set(args.sections.split(","))
     log_dir = args.out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    sections = {}
+    sections: list[Section] = []
     if "overhead" in wanted:
-        tiny = build_tiny_llama(Path(tempfile.mkdtemp(prefix="tiny-llama-")), default_model_dir())
-        sections["overhead-bound-tiny"] = run_section(overhead_section(args.quick, tiny), args.repeats, log_dir)
+        sections.append(overhead_section(build_tiny_llama(Path(tempfile.mkdtemp(prefix="tiny-llama-")),
+                                                          default_model_dir()), args.quick))
+    if "moe" in wanted:
+        sections.append(moe_section(build_tiny_model("mixtral", Path(tempfile.mkdtemp(prefix="tiny-moe-")),
+                                                     default_model_dir()), args.quick))
     if "default" in wanted:
-        sections["default-model"] = run_section(default_model_section(args.quick), args.repeats, log_dir)
+        sections.append(default_model_section(default_model_dir(), args.quick, experiments_args(args.out)))
+    tables: dict[str, dict] = {}
+    for section in sections:
+        tables.update(run_section(section, args.repeats, log_dir))
     hf = None
-    if "hf" in wanted and "default-model" in sections:
-        distinct = sections["default-model"]["summary"]["distinct-32-10L"]["median"]["output_throughput"]
+    if "hf" in wanted and "default-model" in tables:
+        distinct = tables["default-model"]["summary"]["distinct-32-10L"]["median"]["output_throughput"]
         hf = hf_section(args.quick, distinct)
-    context = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-                          f"{platform.processor() or 'cpu'}", "python": platform.python_version(),
-               "command": " ".join(sys.argv), "hf_baseline": hf}
-    path = write_report(args.out, "steer-serve vs plain vLLM", context, sections)
+    context = {"machine": machine(), "command": " ".join([Path(sys.executable).name, "-m", "loadtests.compare",
+                                                            *sys.argv[1:]]),
+               "repeats": args.repeats, "hf_baseline": hf,
+               "setups": {name: table["setup"] for name, table in tables.items()}}
+    path = write_report(args.out, "steer-serve vs plain vLLM", context, tables,
+                        sweeps={name: table["sweeps"] for name, table in tables.items()})
     print(f"report: {path}")
 
 

@@ -46,6 +46,11 @@ def experts_mask(layers: int) -> SteeringFor:
     return lambda i: {"interventions": [{"type": "experts", "disable": {str(l): [i % 4] for l in range(layers)}}]}
 
 
+def experts_force(layers: int) -> SteeringFor:
+    """Request i forces expert i % 4 into the top-k on the first `layers` MoE layers."""
+    return lambda i: {"interventions": [{"type": "experts", "force": {str(l): [i % 4] for l in range(layers)}}]}
+
+
 def build_requests(steering_for: SteeringFor, num_requests: int, input_len: int, output_len: int,
                    vocab: int = 49152, users: bool = False, seed: int = 0) -> list[BenchRequest]:
     rng = np.random.default_rng(seed)

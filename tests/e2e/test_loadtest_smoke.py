@@ -29,8 +29,12 @@ def test_harness_measures_plain_and_steered(tiny_eager_server, tiny_plain_server
         assert result["total_output_tokens"] == 32 and result["p50_ttft_ms"] > 0
         runs.append({"variant": name, "repeat": 0, "result": result})
 
-    summary = summarise(runs, "plain")
-    assert summary["plain"]["ratio_to_baseline"]["output_throughput"] == 1.0
-    report = write_report(tmp_path, "smoke", {"command": "test"}, {"smoke": {"runs": runs, "baseline": "plain",
-                                                                             "summary": summary}})
+    summary = summarise(runs, {"plain": "plain", "distinct-4": "plain"})
+    assert summary["plain"]["ratio_to_baseline"]["output_throughput"]["median"] == 1.0
+    expected = runs[1]["result"]["output_throughput"] / runs[0]["result"]["output_throughput"]
+    assert summary["distinct-4"]["ratio_to_baseline"]["output_throughput"]["median"] == pytest.approx(expected)
+    sweeps = {"smoke": {"distinct-4": {"series": "distinct", "axis": "K", "x": 4}}}
+    report = write_report(tmp_path, "smoke", {"command": "test"}, {"smoke": {"runs": runs, "summary": summary}},
+                          sweeps=sweeps)
     assert "distinct-4" in report.read_text() and (tmp_path / "smoke.png").stat().st_size > 0
+    assert (tmp_path / "smoke-sweep.png").stat().st_size > 0
