@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +26,8 @@ from typing import Any, Callable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
-from steer_serve.library_files import DirectoryWatch, atomic_write, check_name, remove, scan
+from steer_serve.library_files import atomic_write, check_name, remove
+from steer_serve.named_store import NamedFileStore
 from steer_serve.request_gateway import _UNION_BRANCH
 from steer_serve.steering_spec import INTERVENTION_TYPES, SteeringSpec
 
@@ -101,43 +101,23 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(dict.fromkeys(parts))
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    presets: dict[str, Preset]
-    rejected: dict[str, str]
+class PresetLibrary(NamedFileStore[Preset]):
+    kind = "preset"
+    suffixes = PRESET_SUFFIXES
 
-
-class PresetLibrary:
     def __init__(self, directory: Path, check: Callable[[Preset], None] | None = None, *, poll_s: float = 1.0) -> None:
         """`check(preset)` raises ValueError (e.g. the resolver's SteeringError) if the preset does not
         fit the served model; it is called at registration, at load (warnings) and when listing."""
-        self.directory = Path(directory)
         self.check = check
-        self._lock = threading.RLock()
-        self._watch = DirectoryWatch(self.directory, PRESET_SUFFIXES, poll_s)
-        self._cache: dict[tuple[Any, ...], Preset | str] = {}
-        self._snapshot = _Snapshot({}, {})
-        with self._lock:
-            self._reload()
-        for name, preset in sorted(self._snapshot.presets.items()):
+        super().__init__(directory, poll_s)
+        for name, preset in sorted(self._snapshot.items.items()):
             problem = self.problem(preset)
             if problem:
                 logger.warning("preset %s does not resolve against the served model: %s", name, problem)
-        logger.info("presets %s: %d loaded, %d rejected", directory, len(self._snapshot.presets),
+        logger.info("presets %s: %d loaded, %d rejected", directory, len(self._snapshot.items),
                     len(self._snapshot.rejected))
 
     # ---- reading ---------------------------------------------------------------------------
-    def get(self, name: str) -> Preset:
-        """The preset; KeyError with a message naming it (and why it is unusable, or what exists)."""
-        self.refresh()
-        snapshot = self._snapshot
-        if name in snapshot.presets:
-            return snapshot.presets[name]
-        if name in snapshot.rejected:
-            raise KeyError(f"preset {name!r} is unusable: {snapshot.rejected[name]}")
-        known = ", ".join(sorted(snapshot.presets)) or "none"
-        raise KeyError(f"unknown preset {name!r} (available: {known})")
-
     def problem(self, preset: Preset) -> str | None:
         """Why the preset does not resolve against the served model right now, or None."""
         if self.check is None:
@@ -153,34 +133,14 @@ class PresetLibrary:
         self.refresh()
         snapshot = self._snapshot
         listed = []
-        for name in sorted(set(snapshot.presets) | set(snapshot.rejected)):
-            if name in snapshot.presets:
-                problem = self.problem(snapshot.presets[name])
-                listed.append({**snapshot.presets[name].describe(), "usable": problem is None, "error": problem})
+        for name in sorted(set(snapshot.items) | set(snapshot.rejected)):
+            if name in snapshot.items:
+                problem = self.problem(snapshot.items[name])
+                listed.append({**snapshot.items[name].describe(), "usable": problem is None, "error": problem})
             else:
                 listed.append({"object": "steering_preset", "name": name, "usable": False,
                                "error": snapshot.rejected[name]})
         return listed
-
-    @property
-    def rejected(self) -> dict[str, str]:
-        self.refresh()
-        return dict(self._snapshot.rejected)
-
-    def __len__(self) -> int:
-        self.refresh()
-        return len(self._snapshot.presets)
-
-    def refresh(self) -> bool:
-        if not self._lock.acquire(blocking=False):
-            return False
-        try:
-            if self._watch.changed() is None:
-                return False
-            self._reload()
-            return True
-        finally:
-            self._lock.release()
 
     # ---- writing ---------------------------------------------------------------------------
     def register(self, body: Any, *, name: str | None = None, replace: bool = False) -> Preset:
@@ -201,14 +161,14 @@ class PresetLibrary:
         stored = {"name": name, "description": preset.description, "interventions": preset.raw}
         with self._lock:
             self._reload()
-            if not replace and (name in self._snapshot.presets or name in self._snapshot.rejected):
+            if not replace and self._exists(name):
                 raise NameTaken(f"preset {name!r} already exists; delete it first or create it with replace=true")
             atomic_write(path, json.dumps(stored, indent=2).encode())
             for suffix in PRESET_SUFFIXES:
                 if suffix != STORED_SUFFIX:
                     remove(self.directory / f"{name}{suffix}")
             self._reload()
-            registered = self._snapshot.presets.get(name)
+            registered = self._snapshot.items.get(name)
         if registered is None:
             raise PresetError(f"preset {name!r} was written but is not usable: {self._snapshot.rejected.get(name)}")
         logger.info("presets: registered %s (%d interventions)", name, len(preset.raw))
@@ -225,35 +185,7 @@ class PresetLibrary:
         return removed
 
     # ---- loading (under the lock) -------------------------------------------------------------
-    def _reload(self) -> None:
-        signature = scan(self.directory, PRESET_SUFFIXES)
-        self._watch.mark(signature)
-        by_name: dict[str, list[str]] = {}
-        for file_name in sorted(signature):
-            by_name.setdefault(file_name.rsplit(".", 1)[0], []).append(file_name)
-        presets: dict[str, Preset] = {}
-        rejected: dict[str, str] = {}
-        cache: dict[tuple[Any, ...], Preset | str] = {}
-        for name, files in by_name.items():
-            if len(files) > 1:
-                rejected[name] = f"{', '.join(files)}: another file has the same name (one preset per name)"
-                continue
-            key = (files[0], signature[files[0]])
-            loaded = self._cache.get(key)
-            if loaded is None:
-                loaded = self._load(name, self.directory / files[0])
-                if isinstance(loaded, str):
-                    logger.warning("preset %s not loaded: %s", name, loaded)
-            cache[key] = loaded
-            if isinstance(loaded, str):
-                rejected[name] = loaded
-            else:
-                presets[name] = loaded
-        self._cache = cache
-        self._snapshot = _Snapshot(presets, rejected)
-
-    @staticmethod
-    def _load(name: str, path: Path) -> Preset | str:
+    def _load(self, name: str, path: Path) -> Preset | str:
         try:
             text = path.read_text()
             raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)

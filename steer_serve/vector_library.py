@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,14 +25,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from steer_serve.library_files import DirectoryWatch, atomic_write, check_name, remove, scan
+from steer_serve.library_files import Signature, atomic_write, check_name, remove
 from steer_serve.model_shape import ModelShape
+from steer_serve.named_store import NamedFileStore, Snapshot
 from steer_serve.steering_vector import SteeringVector
 from steer_serve.vector_formats import SUFFIXES, VectorFormatError, read_vector, read_vector_bytes, vector_bytes
 
 logger = logging.getLogger(__name__)
 
-VECTOR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # kept for callers; use check_name (fullmatch)
 SIDECAR = ".json"
 STORED_SUFFIX = ".safetensors"  # what runtime registration writes (GGUF uploads are converted)
 MAX_METADATA_KEYS = 64
@@ -122,68 +120,27 @@ def make_record(vector: SteeringVector, sidecar: dict[str, Any] | None = None) -
     return record
 
 
-@dataclass(frozen=True)
-class _Snapshot:
-    entries: dict[str, LibraryEntry]
-    rejected: dict[str, str]
+class VectorLibrary(NamedFileStore[LibraryEntry]):
+    kind = "vector"
+    suffixes = SUFFIXES
+    watched_suffixes = (SIDECAR,)
 
-
-class VectorLibrary:
     def __init__(self, directory: Path, shape: ModelShape, *, poll_s: float = 1.0,
                  on_change: Callable[[int], None] | None = None) -> None:
-        self.directory = Path(directory)
         self.shape = shape
         self._on_change = on_change
-        self._lock = threading.RLock()
-        self._watch = DirectoryWatch(self.directory, SUFFIXES + (SIDECAR,), poll_s)
-        self._cache: dict[tuple[Any, ...], LibraryEntry | str] = {}
-        self._snapshot = _Snapshot({}, {})
-        with self._lock:
-            self._reload()
+        super().__init__(directory, poll_s)
         snapshot = self._snapshot
-        logger.info("vector library %s: %d loaded, %d rejected", directory, len(snapshot.entries), len(snapshot.rejected))
+        logger.info("vector library %s: %d loaded, %d rejected", directory, len(snapshot.items), len(snapshot.rejected))
 
     @classmethod
     def load_dir(cls, directory: Path, shape: ModelShape, **kwargs: Any) -> VectorLibrary:
         return cls(directory, shape, **kwargs)
 
-    # ---- reading (any thread; never blocks on a writer) ---------------------------------
-    @property
-    def rejected(self) -> dict[str, str]:
-        self.refresh()
-        return dict(self._snapshot.rejected)
-
-    def __len__(self) -> int:
-        self.refresh()
-        return len(self._snapshot.entries)
-
-    def get(self, name: str) -> LibraryEntry:
-        """Return the entry; KeyError with a message that says why the name is unusable."""
-        self.refresh()
-        snapshot = self._snapshot
-        if name in snapshot.entries:
-            return snapshot.entries[name]
-        if name in snapshot.rejected:
-            raise KeyError(f"vector {name!r} is in the library but unusable: {snapshot.rejected[name]}")
-        known = ", ".join(sorted(snapshot.entries)) or "none"
-        raise KeyError(f"unknown vector {name!r} (available: {known})")
-
     def describe(self) -> list[dict[str, object]]:
         self.refresh()
-        entries = self._snapshot.entries
+        entries = self._snapshot.items
         return [entries[name].describe() for name in sorted(entries)]
-
-    def refresh(self) -> bool:
-        """Re-read the directory if its files changed (checked at most once per poll_s). True if reloaded."""
-        if not self._lock.acquire(blocking=False):
-            return False  # a writer is busy; it reloads when done
-        try:
-            if self._watch.changed() is None:
-                return False
-            self._reload()
-            return True
-        finally:
-            self._lock.release()
 
     # ---- writing -------------------------------------------------------------------------
     def register(self, name: str, data: bytes, *, metadata: Any = None, replace: bool = False) -> LibraryEntry:
@@ -204,7 +161,7 @@ class VectorLibrary:
         contents, _ = vector_bytes(vector, STORED_SUFFIX)
         with self._lock:
             self._reload()  # decide on the current disk state, not a stale snapshot
-            if not replace and (name in self._snapshot.entries or name in self._snapshot.rejected):
+            if not replace and self._exists(name):
                 raise NameTaken(f"vector {name!r} already exists; delete it first or register with replace=true")
             # sidecar first: a reader in between sees the old vector (its sidecar is ignored by
             # content hash) or nothing, never a new vector without its record
@@ -214,7 +171,7 @@ class VectorLibrary:
                 if suffix != STORED_SUFFIX:
                     remove(self.directory / f"{name}{suffix}")
             self._reload()
-            entry = self._snapshot.entries.get(name)
+            entry = self._snapshot.items.get(name)
         if entry is None:  # only if the directory changed under us in between
             raise ValueError(f"vector {name!r} was written but is not usable: {self._snapshot.rejected.get(name)}")
         logger.info("vector library: registered %s (layers %s, sha256 %s)", name, vector.layers, entry.file_sha256)
@@ -238,42 +195,10 @@ class VectorLibrary:
         return vector_bytes(self.get(name).vector, suffix)
 
     # ---- loading (under the lock) ----------------------------------------------------------
-    def _reload(self) -> None:
-        signature = scan(self.directory, SUFFIXES + (SIDECAR,))
-        self._watch.mark(signature)  # scanned before reading: a change during the read is seen next time
-        by_name: dict[str, list[str]] = {}
-        for file_name in sorted(signature):
-            stem, suffix = file_name.rsplit(".", 1)
-            if f".{suffix}" in SUFFIXES:
-                by_name.setdefault(stem, []).append(file_name)
-        entries: dict[str, LibraryEntry] = {}
-        rejected: dict[str, str] = {}
-        cache: dict[tuple[Any, ...], LibraryEntry | str] = {}
-        for name, files in by_name.items():
-            if len(files) > 1:
-                rejected[name] = f"{', '.join(files)}: another file has the same name (one vector per name)"
-                continue
-            sidecar = f"{name}{SIDECAR}"
-            key = (files[0], signature[files[0]], signature.get(sidecar))
-            loaded = self._cache.get(key)
-            if loaded is None:
-                loaded = self._load(name, self.directory / files[0], self.directory / sidecar)
-                if isinstance(loaded, str):
-                    logger.warning("vector %s not loaded: %s", name, loaded)
-            cache[key] = loaded
-            if isinstance(loaded, str):
-                rejected[name] = loaded
-            else:
-                entries[name] = loaded
-        self._cache = cache
-        changed = set(entries) != set(self._snapshot.entries)
-        self._snapshot = _Snapshot(entries, rejected)
-        if self._on_change is not None:
-            self._on_change(len(entries))
-        if changed:
-            logger.info("vector library %s: %s", self.directory, ", ".join(sorted(entries)) or "empty")
+    def _cache_key(self, name: str, file_name: str, signature: Signature) -> tuple[Any, ...]:
+        return (file_name, signature[file_name], signature.get(f"{name}{SIDECAR}"))
 
-    def _load(self, name: str, path: Path, sidecar_path: Path) -> LibraryEntry | str:
+    def _load(self, name: str, path: Path) -> LibraryEntry | str:
         try:
             check_name(name, "name")
             vector = read_vector(path)
@@ -281,7 +206,15 @@ class VectorLibrary:
             file_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
         except (VectorFormatError, ValueError, OSError) as exc:
             return f"{path.name}: {exc}"
-        return LibraryEntry(name, vector, path, file_sha256, make_record(vector, _read_sidecar(sidecar_path)))
+        sidecar = _read_sidecar(self.directory / f"{name}{SIDECAR}")
+        return LibraryEntry(name, vector, path, file_sha256, make_record(vector, sidecar))
+
+    def _reloaded(self, previous: Snapshot[LibraryEntry]) -> None:
+        entries = self._snapshot.items
+        if self._on_change is not None:
+            self._on_change(len(entries))
+        if set(entries) != set(previous.items):
+            logger.info("vector library %s: %s", self.directory, ", ".join(sorted(entries)) or "empty")
 
 
 def _read_sidecar(path: Path) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -41,11 +41,28 @@ def _not_found(message: str, param: str = "name") -> JSONResponse:
     return error_response(404, message, "NotFoundError", param)
 
 
-def _replace_flag(request: Request) -> bool | JSONResponse:
+def _admin_replace_flag(request: Request) -> bool | JSONResponse:
+    """For admin writes: the admin-key refusal, else `?replace=` as a bool (or its 400)."""
+    refusal = admin_refusal(request)
+    if refusal is not None:
+        return refusal
     value = request.query_params.get("replace", "false").lower()
     if value not in ("true", "false", "1", "0"):
         return _bad(f"replace must be true or false, got {value!r}", "replace")
     return value in ("true", "1")
+
+
+async def _admin_delete(request: Request, delete: Callable[[str], list[str]], name: str) -> list[str] | JSONResponse:
+    """An admin delete off the event loop: unknown name -> 404, malformed name -> 400."""
+    refusal = admin_refusal(request)
+    if refusal is not None:
+        return refusal
+    try:
+        return await asyncio.to_thread(delete, name)
+    except KeyError as exc:
+        return _not_found(exc.args[0])
+    except ValueError as exc:
+        return _bad(str(exc), "name")
 
 
 # ---- vectors --------------------------------------------------------------------------------
@@ -85,10 +102,7 @@ async def export_vector(name: str, request: Request, format: str = "safetensors"
 async def register_vector(request: Request) -> Any:
     """multipart/form-data: `file` (.safetensors or .gguf), `name` (default: the file's stem),
     optional `metadata` (a JSON object); `?replace=true` swaps an existing vector of that name."""
-    refusal = admin_refusal(request)
-    if refusal is not None:
-        return refusal
-    replace = _replace_flag(request)
+    replace = _admin_replace_flag(request)
     if isinstance(replace, JSONResponse):
         return replace
     service = _service(request)
@@ -149,16 +163,10 @@ def _param_of(message: str) -> str:
 @router.delete("/v1/steering/vectors/{name}")
 async def delete_vector(name: str, request: Request) -> Any:
     """Remove a vector; requests already admitted keep their copy. Presets naming it stop resolving."""
-    refusal = admin_refusal(request)
-    if refusal is not None:
-        return refusal
+    removed = await _admin_delete(request, lambda n: _service(request).library.delete(n), name)
+    if isinstance(removed, JSONResponse):
+        return removed
     service = _service(request)
-    try:
-        removed = await asyncio.to_thread(service.library.delete, name)
-    except KeyError as exc:
-        return _not_found(exc.args[0])
-    except ValueError as exc:
-        return _bad(str(exc), "name")
     affected = [p["name"] for p in service.presets.describe()
                 if any(i.get("vector") == name for i in p.get("interventions", []))]
     return {"object": "steering_vector.deleted", "name": name, "deleted": True, "files": removed,
@@ -186,10 +194,7 @@ async def get_preset(name: str, request: Request) -> Any:
 @router.post("/v1/steering/presets")
 async def create_preset(request: Request) -> Any:
     """JSON body `{"name", "description"?, "interventions": [...]}`; `?replace=true` swaps one."""
-    refusal = admin_refusal(request)
-    if refusal is not None:
-        return refusal
-    replace = _replace_flag(request)
+    replace = _admin_replace_flag(request)
     if isinstance(replace, JSONResponse):
         return replace
     try:
@@ -210,13 +215,7 @@ async def create_preset(request: Request) -> Any:
 
 @router.delete("/v1/steering/presets/{name}")
 async def delete_preset(name: str, request: Request) -> Any:
-    refusal = admin_refusal(request)
-    if refusal is not None:
-        return refusal
-    try:
-        removed = await asyncio.to_thread(_service(request).presets.delete, name)
-    except KeyError as exc:
-        return _not_found(exc.args[0])
-    except ValueError as exc:
-        return _bad(str(exc), "name")
+    removed = await _admin_delete(request, lambda n: _service(request).presets.delete(n), name)
+    if isinstance(removed, JSONResponse):
+        return removed
     return {"object": "steering_preset.deleted", "name": name, "deleted": True, "files": removed}
