@@ -14,6 +14,7 @@ from steer_serve.experiments.records import FeedbackIn
 from steer_serve.library_files import NAME
 from steer_serve.presets import PresetBody
 from steer_serve_vllm.experiment_routes import KillSwitch
+from steer_serve_vllm.library_routes import EXPORT_FORMATS
 
 Schema = dict[str, Any]
 BEARER = "SteerServeAdminKey"
@@ -58,6 +59,9 @@ def add_admin_routes(schema: Schema) -> None:
     for path, method in (("/v1/steering/vectors", "post"), ("/v1/steering/presets", "post")):
         if method in paths.get(path, {}):
             paths[path][method].setdefault("parameters", []).append(REPLACE)
+    for parameter in paths.get("/v1/steering/vectors/{name}/export", {}).get("get", {}).get("parameters", []):
+        if parameter["name"] == "format":
+            parameter["schema"] = {"type": "string", "enum": list(EXPORT_FORMATS), "default": "safetensors"}
     for path, method in ADMIN_OPERATIONS:
         if method in paths.get(path, {}):
             paths[path][method]["security"] = [{BEARER: []}]
@@ -66,7 +70,8 @@ def add_admin_routes(schema: Schema) -> None:
 def _preset_body(models: Schema) -> Schema:
     """PresetBody, with its interventions typed like the `steering` object's (same validation)."""
     body = PresetBody.model_json_schema()
-    body["properties"]["name"] = {"anyOf": [NAME_SCHEMA, {"type": "null"}], "default": None}
+    body["properties"]["name"] = NAME_SCHEMA  # optional in preset files (the file stem), required here
+    body["required"] = sorted({*body.get("required", []), "name"})
     steering = models.get("SteeringSpec")
     if steering is not None:
         interventions = next(o for o in steering["properties"]["interventions"]["anyOf"] if o.get("type") == "array")
