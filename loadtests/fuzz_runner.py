@@ -34,7 +34,7 @@ REQUEST_TIMEOUT_S = 120
 NEGATIVE_SHARE = 0.25
 PROBE_PROMPT = [1, 504, 2291, 314, 260, 1345, 30, 1104]
 PROBE_TOKENS = 16
-PROBE_SCALE = 1.0
+PROBE_SCALE = 0.1  # mild: the tiny model still varies its tokens (at >= 0.3 it repeats one token)
 # Shares of the budget; the steering routes split what is left evenly.
 SHARES = {("focused", COMPLETIONS): 0.30, ("focused", CHAT): 0.20,
           ("published", COMPLETIONS): 0.05, ("published", CHAT): 0.05}
@@ -105,7 +105,8 @@ def run_fuzz(base_url: str, model: str, admin_key: str, budget: int, seed: int =
         raw = client.get("/openapi.json").json()
         names = {kind: [entry["name"] for entry in client.get(f"/v1/steering/{kind}").json()["data"]]
                  for kind in ("vectors", "presets")}
-        planned = plan_cases(raw, model, budget, seed, names["vectors"], names["presets"])
+        names["experiments"] = [e["key"] for e in client.get("/v1/steering/experiments").json()["data"]]
+        planned = plan_cases(raw, model, budget, seed, names["vectors"], names["presets"], names["experiments"])
         result.generation_s = time.perf_counter() - started
         _send_all(planned, base_url, admin_key, workers, result)
         result.alive_after = client.get("/health").status_code == 200
@@ -116,9 +117,9 @@ def run_fuzz(base_url: str, model: str, admin_key: str, budget: int, seed: int =
 
 
 def plan_cases(raw_schema: dict[str, Any], model: str, budget: int, seed: int, vectors: list[str] = (),
-               presets: list[str] = ()) -> list[Planned]:
+               presets: list[str] = (), experiments: list[str] = ()) -> list[Planned]:
     """At least `budget` cases from the published and the steering-focused schema, shuffled."""
-    focused = steering_focused(raw_schema, model, list(vectors), list(presets))
+    focused = steering_focused(raw_schema, model, list(vectors), list(presets), list(experiments))
     schemas = {"published": schemathesis.openapi.from_dict(raw_schema),
                "focused": schemathesis.openapi.from_dict(focused)}
     routes = [op for op in fuzzed_operations(raw_schema) if op not in (COMPLETIONS, CHAT)]

@@ -33,7 +33,8 @@ def fuzzed_operations(schema: Schema) -> list[tuple[str, str]]:
     return found
 
 
-def steering_focused(schema: Schema, model: str, vectors: list[str], presets: list[str]) -> Schema:
+def steering_focused(schema: Schema, model: str, vectors: list[str], presets: list[str],
+                     experiments: list[str] = ()) -> Schema:
     """A copy of `schema` whose completion bodies require a short prompt and a `steering` object,
     naming only the library vectors and presets that exist when the fuzz starts (the schema can
     only say "a name"; random names are all unknown, and negative cases still send those)."""
@@ -62,6 +63,7 @@ def steering_focused(schema: Schema, model: str, vectors: list[str], presets: li
         "type": "object", "additionalProperties": False, "required": ["model", "messages", "max_tokens", "steering"],
         "properties": {**sampling, "messages": {"type": "array", "minItems": 1, "maxItems": 2, "items": message}},
     }
+    _name_existing(focused["paths"], {"name": list(vectors), "presets": list(presets), "key": list(experiments)})
     for (path, method), name in ((COMPLETIONS, "FocusedCompletionRequest"), (CHAT, "FocusedChatCompletionRequest")):
         body = {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
         focused["paths"][path][method]["requestBody"] = body
@@ -73,3 +75,20 @@ def _only_names(prop: Schema, names: list[str]) -> None:
     if names:
         prop["anyOf"] = [{"type": "string", "enum": sorted(names)} if option.get("type") == "string" else option
                          for option in prop["anyOf"]]
+
+
+def _name_existing(paths: Schema, names: dict[str, list[str]]) -> None:
+    """Read routes and kill switches address entries that exist (else every case is a 404); the
+    DELETE routes keep free names, so the fuzz does not empty the library it steers with."""
+    for path, methods in paths.items():
+        if not path.startswith(STEERING_PREFIX):
+            continue
+        for method, operation in methods.items():
+            if method == "delete":
+                continue
+            for parameter in operation.get("parameters", []):
+                wanted = names.get(parameter["name"]) if parameter.get("in") == "path" else None
+                if "/presets/" in path and parameter["name"] == "name":
+                    wanted = names.get("presets")
+                if wanted:
+                    parameter["schema"] = {"type": "string", "enum": sorted(wanted)}
