@@ -78,9 +78,9 @@ def resolve_experiment(config: ExperimentConfig, resolver: SteeringResolver) -> 
     arms = []
     for arm in config.arms:
         steering = None
-        if arm.interventions is not None:
+        if arm.steering is not None:  # a preset is expanded now: the arm stays fixed until a reload
             try:
-                steering = resolver.resolve(parse_steering({"interventions": arm.interventions}))
+                steering = resolver.resolve(parse_steering(arm.steering))
             except SteeringError as exc:
                 raise ExperimentConfigError(f"experiment {config.key!r}, arm {arm.name!r}: {exc} ({exc.param})") from None
         arms.append(LiveArm(arm.name, arm.weight, steering))

@@ -32,20 +32,30 @@ class HeaderUnit(BaseModel):
 
 
 class Arm(BaseModel):
-    """One arm: either `control: true` (no steering) or a list of interventions."""
+    """One arm: `control: true` (no steering), or steering given as a `preset`, `interventions`,
+    or both (the preset's interventions first, as in a request's `steering`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=KEY_PATTERN)
     weight: float = Field(ge=0, allow_inf_nan=False)
     control: bool = False
+    preset: str | None = None
     interventions: list[dict[str, Any]] | None = None
 
     @model_validator(mode="after")
-    def _control_xor_interventions(self) -> "Arm":
-        if self.control == (self.interventions is not None):
-            raise ValueError(f"arm {self.name!r} needs exactly one of `control: true` or `interventions`")
+    def _control_xor_steering(self) -> "Arm":
+        if self.control == (self.steering is not None):
+            raise ValueError(f"arm {self.name!r} needs exactly one of `control: true` or steering "
+                             "(`preset` and/or `interventions`)")
         return self
+
+    @property
+    def steering(self) -> dict[str, Any] | None:
+        """The arm's steering object, as a request would send it; None for control."""
+        spec = {key: value for key, value in (("preset", self.preset), ("interventions", self.interventions))
+                if value is not None}
+        return spec or None
 
 
 class ExperimentConfig(BaseModel):

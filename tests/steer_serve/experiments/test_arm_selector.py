@@ -128,3 +128,34 @@ def test_reload_applies_everywhere_and_a_bad_file_keeps_the_old_set(setup, tmp_p
     with pytest.raises(ExperimentConfigError, match="gone"):
         arms.reload()
     assert arms.experiments[0].config.version == 2
+
+
+def _preset_resolver(tmp_path):
+    from steer_serve.presets import PresetLibrary
+
+    resolve = resolver(tmp_path, v=vector())
+    presets_dir = tmp_path / "presets"
+    presets_dir.mkdir()
+    (presets_dir / "light.json").write_text(json.dumps({"interventions": ADD}))
+    resolve.presets = PresetLibrary(presets_dir, lambda preset: resolve.resolve(preset.spec), poll_s=0.0)
+    return resolve
+
+
+def test_an_arm_can_name_a_preset_alone_or_with_interventions(tmp_path) -> None:
+    resolve = _preset_resolver(tmp_path)
+    extra = [{"type": "add", "vector": "v", "layers": [2], "scale": -1.0}]
+    arms_config = [{"name": "control", "weight": 1, "control": True},
+                   {"name": "preset", "weight": 1, "preset": "light"},
+                   {"name": "preset_plus", "weight": 1, "preset": "light", "interventions": extra}]
+    arms = selector(write_experiments(tmp_path / "exp", experiment("p", arms_config)), resolve)
+    live = {arm.name: arm.steering for arm in arms.experiments[0].arms}
+    assert live["control"] is None
+    assert live["preset"].fingerprint == resolve.resolve(parse_steering({"interventions": ADD})).fingerprint
+    assert live["preset_plus"].fingerprint == resolve.resolve(parse_steering({"interventions": ADD + extra})).fingerprint
+
+
+def test_an_arm_naming_an_unknown_preset_fails_at_load(tmp_path) -> None:
+    resolve = _preset_resolver(tmp_path)
+    arms_config = two_arms([])[:1] + [{"name": "typo", "weight": 1, "preset": "ligth"}]
+    with pytest.raises(ExperimentConfigError, match="arm 'typo'.*unknown preset 'ligth'"):
+        selector(write_experiments(tmp_path / "exp", experiment("p", arms_config)), resolve)

@@ -40,7 +40,7 @@ def test_valid_file_loads_sorted_by_key(tmp_path) -> None:
     ({"arms": [{"name": "c", "weight": 1, "control": True}, {"name": "t", "weight": 1, "control": True}]},
      "exactly one arm must be `control: true`"),
     ({"arms": [{"name": "c", "weight": 1, "control": True}, {"name": "t", "weight": 1}]},
-     "arm 't' needs exactly one of `control: true` or `interventions`"),
+     "arm 't' needs exactly one of `control: true` or steering"),
     ({"arms": [{"name": "c", "weight": 1, "control": True}, {"name": "c", "weight": 1, "interventions": ADD}]},
      "arm names must be unique"),
     ({"arms": [{"name": "c", "weight": 0, "control": True}, {"name": "t", "weight": 0, "interventions": ADD}]},
