@@ -69,7 +69,7 @@ def default_model_section(model_dir: Path, quick: bool, experiments_args: tuple[
         Variant("mixed-50-50", True, wl.mixed(distinct)),
         Variant("ab-traffic", True, wl.unsteered, users=True),
     )
-    rates = (1.0,) if quick else (0.5, 1.0, 2.0)
+    rates = (1.0,) if quick else (1.0, 2.0, 4.0)
     open_loop = []
     for rate in rates:
         plain = f"plain-vllm@{rate:g}rps"
@@ -78,7 +78,7 @@ def default_model_section(model_dir: Path, quick: bool, experiments_args: tuple[
                               sweep=Sweep("distinct-32-10L", "offered load (req/s)", rate))]
     tables = (
         Table("default-model", closed, 32, 8 if quick else 64, 64, 8 if quick else 128),
-        Table("default-model-open-loop", tuple(open_loop), None, 4 if quick else 32, 64, 8 if quick else 64),
+        Table("default-model-open-loop", tuple(open_loop), None, 4 if quick else 24, 64, 8 if quick else 64),
     )
     return Section("default-model", model_dir, model, tables, plugin_args=experiments_args)
 
