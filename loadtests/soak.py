@@ -80,7 +80,8 @@ def steering_for(kind: str, i: int, target: Target) -> dict | None:
     if kind == "unsteered":
         return None
     if kind == "shared":
-        return {"interventions": [{"type": "add", "vector": _unit(target.hidden_size, 0), "layers": middle, "scale": 2.0}]}
+        vector = _unit(target.hidden_size, 0)
+        return {"interventions": [{"type": "add", "vector": vector, "layers": middle, "scale": 2.0}]}
     if kind == "inline":
         vector = _unit(target.hidden_size, 1000 + i)
         return {"interventions": [{"type": "add", "vector": vector, "layers": middle, "scale": 2.0}]}
@@ -91,8 +92,9 @@ def steering_for(kind: str, i: int, target: Target) -> dict | None:
 
 def request_body(target: Target, kind: str, i: int, stream: bool) -> dict[str, Any]:
     rng = np.random.default_rng(i)
-    body: dict[str, Any] = {"model": target.model, "prompt": rng.integers(100, 40000, size=int(rng.integers(4, 48))).tolist(),
-                            "max_tokens": int(rng.integers(4, 32)), "temperature": 0.0, "stream": stream}
+    prompt = rng.integers(100, 40000, size=int(rng.integers(4, 48))).tolist()
+    body: dict[str, Any] = {"model": target.model, "prompt": prompt, "max_tokens": int(rng.integers(4, 32)),
+                            "temperature": 0.0, "stream": stream}
     steering = steering_for(kind, i, target)
     if steering is not None:
         body["steering"] = steering
@@ -140,7 +142,8 @@ def process_rss(api_pid: int) -> dict[str, float]:
         try:
             name = child.name()
             if name.startswith("VLLM::"):
-                rss[name.removeprefix("VLLM::")] = rss.get(name.removeprefix("VLLM::"), 0.0) + child.memory_info().rss / 2**20
+                role = name.removeprefix("VLLM::")
+                rss[role] = rss.get(role, 0.0) + child.memory_info().rss / 2**20
         except psutil.NoSuchProcess:
             continue
     return rss

@@ -1,0 +1,169 @@
+"""Faults on real servers: clients that hang up, more distinct interventions than slots, a dead
+engine, and a short soak. The engine stats route (`GET /v1/steering/engine`) is the witness that
+slots are released.
+
+One module server (tiny Llama, eager, 4 slots, admin key) serves every test except engine death,
+which starts and kills its own; so at most two servers of this module are alive at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds loadtests/
+
+from loadtests import soak  # noqa: E402
+from steer_serve.engine_stats import EngineSteeringStats  # noqa: E402
+from steer_serve_vllm.engine_death import ENGINE_DIED_EXIT_CODE  # noqa: E402
+from support.completions import agreedy, assert_same_generation, completion_body, greedy  # noqa: E402
+from support.metrics import counter_total  # noqa: E402
+from support.servers import Server  # noqa: E402
+from support.steering_cases import random_vector  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+KEY = "fault-admin-key"
+SLOTS = 4
+BATCH_ATOL = 1e-5  # batch composition changes float32 rounding on CPU; tokens must match exactly
+IDLE_TIMEOUT_S = 15.0
+
+
+@pytest.fixture(scope="module")
+def fault_server(tiny_llama_dir, log_dir) -> Server:
+    args = ["--admin-key", KEY, "--max-num-seqs", str(SLOTS), "--num-gpu-blocks-override", str(soak.KV_BLOCKS)]
+    server = Server(tiny_llama_dir, log_dir, eager=True, extra_args=args)
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
+
+
+def _stats(server: Server) -> EngineSteeringStats:
+    response = server.client.get("/v1/steering/engine", headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 200, response.text
+    return EngineSteeringStats.model_validate(response.json())
+
+
+def _wait_idle(server: Server, timeout: float = IDLE_TIMEOUT_S) -> EngineSteeringStats:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = _stats(server)
+        if (stats.live_requests, stats.live_configurations) == (0, 0) or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.2)
+
+
+def _steering(seed: int, scale: float = 4.0) -> dict:
+    return {"interventions": [{"type": "add", "vector": random_vector(128, seed).tolist(), "layers": [1, 2],
+                               "scale": scale}]}
+
+
+PROMPT = [1, 400, 401, 402, 403, 404, 405]
+
+
+def test_engine_route_is_admin_only_and_reports_capacity(fault_server) -> None:
+    assert fault_server.client.get("/v1/steering/engine").status_code == 401
+    wrong = fault_server.client.get("/v1/steering/engine", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 403
+    stats = _stats(fault_server)
+    assert [w.rank for w in stats.workers] == [0]
+    worker = stats.workers[0]
+    assert worker.slot_capacity == SLOTS
+    assert worker.table_bytes >= 4 * 2 * (SLOTS + 1) * 128 * 4  # at least the float32 add table [L, R, D]
+
+
+def test_client_disconnect_mid_stream_frees_its_slot(fault_server) -> None:
+    """A streaming steered request whose client hangs up is aborted and releases its slot; a
+    later request with another vector reuses the slot and is still exact."""
+    hung_up, follow_up = _steering(11), _steering(12)
+    solo = greedy(fault_server.client, fault_server.model, PROMPT, 8, follow_up)
+    generated_before = counter_total(fault_server.client, "vllm:generation_tokens")
+    long = 1000 - len(PROMPT)
+    body = completion_body(fault_server.model, PROMPT, long, hung_up) | {"stream": True}
+    with httpx.Client(base_url=fault_server.url, timeout=60) as client:
+        with client.stream("POST", "/v1/completions", json=body) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            chunks = [next(lines) for _ in range(6)]
+            during = _stats(fault_server)
+    assert any(c.startswith("data: ") for c in chunks)
+    assert (during.live_requests, during.live_configurations, during.workers[0].resident_slots) == (1, 1, 1)
+    hung_up_at = time.monotonic()
+    after = _wait_idle(fault_server)
+    assert (after.live_requests, after.live_configurations, after.workers[0].resident_slots) == (0, 0, 0)
+    assert time.monotonic() - hung_up_at < IDLE_TIMEOUT_S
+    generated = counter_total(fault_server.client, "vllm:generation_tokens") - generated_before
+    assert 0 < generated < long // 2, "the request must have been aborted, not run to its end"
+    assert_same_generation(greedy(fault_server.client, fault_server.model, PROMPT, 8, follow_up), solo, atol=0.0)
+
+
+async def _concurrently(url: str, model: str, jobs: list[tuple[list[int], dict]]) -> list:
+    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+        return await asyncio.gather(*(agreedy(client, model, prompt, 8, steering) for prompt, steering in jobs))
+
+
+def test_more_distinct_interventions_than_slots_queue_and_stay_exact(fault_server) -> None:
+    """16 concurrent requests with 16 distinct vectors on 4 slots: all succeed (agreedy asserts 200)
+    and each equals its solo run, so the excess waited for a slot instead of borrowing one."""
+    jobs = [([1] + [600 + 13 * i + k for k in range(10)], _steering(100 + i)) for i in range(16)]
+    solos = [greedy(fault_server.client, fault_server.model, prompt, 8, steering) for prompt, steering in jobs]
+    unsteered = [greedy(fault_server.client, fault_server.model, prompt, 8) for prompt, _ in jobs[:4]]
+    assert any(s.tokens != u.tokens for s, u in zip(solos, unsteered)), "vectors too weak to show a mix-up"
+    together = asyncio.run(_concurrently(fault_server.url, fault_server.model, jobs))
+    for got, solo in zip(together, solos):
+        assert_same_generation(got, solo, atol=BATCH_ATOL)
+    assert (_wait_idle(fault_server).live_configurations) == 0
+
+
+def test_soak_smoke(fault_server, tmp_path) -> None:
+    """Twenty seconds of the soak's mixed traffic (with hang-ups): the same pass criteria as the 10-minute run."""
+    target = soak.Target(fault_server.url, fault_server.model, fault_server.process.pid, KEY)
+    report = asyncio.run(soak.soak(target, duration_s=25, concurrency=16, sample_s=5, warmup_s=10))
+    soak.write_report(report, tmp_path)
+    assert soak.passed(report), report["criteria"]
+    assert set(report["by_kind"]) == set(soak.KINDS) and report["disconnects"] > 0
+    assert report["statuses"].get("200", 0) > 20
+    assert (tmp_path / "soak.png").stat().st_size > 0 and "PASS" in (tmp_path / "report.md").read_text()
+
+
+def _engine_core(server: Server) -> psutil.Process:
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    return next(c for c in children if "EngineCore" in c.name() or "EngineCore" in " ".join(c.cmdline()))
+
+
+def test_engine_death_fails_health_and_exits_nonzero(tiny_llama_dir, log_dir) -> None:
+    """vLLM stops the API server when EngineCore dies, but with status 0; steer-serve exits non-zero
+    so that systemd Restart=on-failure / Docker --restart on-failure bring it back."""
+    server = Server(tiny_llama_dir, log_dir, eager=True)
+    try:
+        server.wait_ready()
+        children = psutil.Process(server.process.pid).children(recursive=True)
+        _engine_core(server).kill()
+        deadline = time.monotonic() + 30
+        health = 200
+        while health == 200 and time.monotonic() < deadline:
+            try:
+                health = server.client.get("/health", timeout=2).status_code
+            except httpx.HTTPError:
+                health = -1  # connection refused: the API server is already gone
+            time.sleep(0.2)
+        assert health != 200
+        assert server.process.wait(timeout=60) == ENGINE_DIED_EXIT_CODE, server.log_tail()
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert not alive, f"engine processes outlived the server: {alive}"
+    finally:
+        server.stop()
+
+
+def test_normal_stop_exits_zero(fault_server) -> None:
+    """The other side of the exit status: SIGTERM on a healthy server is a clean stop (status 0).
+    Runs last in this module: it stops the module server."""
+    fault_server.stop()
+    assert fault_server.process.returncode == 0, fault_server.log_tail()
