@@ -89,10 +89,14 @@ def write_report(out: Path, result: FuzzResult, context: dict[str, Any]) -> Path
 
 
 NOTES = ("Cases come from the server's own /openapi.json. `[published body]` rows use vLLM's completion "
-         "schemas as published (most are refused by vLLM itself: no prompt); the other completion rows use the "
-         "same schema with the body pinned to a short prompt, up to 8 tokens and a required `steering` (the "
-         "server's `SteeringSpec`, with the model bounds it publishes). 25% of each operation's cases are "
-         "schemathesis' negative mode. Admin routes are sent with the right key (half), none, or a wrong one.")
+         "schemas as published (no required prompt: most are refused by vLLM itself). The other completion rows "
+         "use the same schema with the body pinned to a short prompt, up to 8 tokens and a required `steering` "
+         "(the server's `SteeringSpec` with the model bounds it publishes); in that view names (vectors, presets, "
+         "experiment keys) are those that exist at the start, except in DELETE routes. 25% of each operation's "
+         "cases use schemathesis' negative mode. Steering routes are sent with the right admin key (half), none, "
+         "or a wrong one. Many 400s are by design: schemathesis spells some integers as floats (`2.0` is an "
+         "integer for JSON Schema), which the strict `steering` validation refuses, and generated inline vectors "
+         "can be all zeros (no direction to ablate or clamp).")
 
 
 def _commit() -> str:
