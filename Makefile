@@ -17,6 +17,6 @@ test: setup
 test-fast: setup
 	.venv/bin/python -m pytest tests -q -m "not slow" $(ARGS)
 
-# The standard comparison against plain vLLM on this machine (~30 min on 2 cores); see loadtests/.
+# The standard comparison against plain vLLM on this machine (~25 min on 2 cores); see loadtests/.
 loadtest: setup
 	.venv/bin/python -m loadtests.compare --out loadtests/reports/$(or $(REPORT),cpu-default) $(ARGS)

@@ -1,6 +1,6 @@
 """Standard comparison: steer-serve vs plain vLLM (plugin not loaded), same machine, same run.
 
-    .venv/bin/python -m loadtests.compare --out loadtests/reports/cpu-default     # full (~30 min on 2 cores)
+    .venv/bin/python -m loadtests.compare --out loadtests/reports/cpu-default     # full (~25 min on 2 cores)
     .venv/bin/python -m loadtests.compare --quick --out /tmp/smoke               # seconds-scale smoke
 
 Variants are interleaved and repeated; the report gives medians with min-max spread and ratios
