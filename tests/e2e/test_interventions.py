@@ -2,7 +2,7 @@
 
 Dense: Llama, Qwen2. MoE: Mixtral, Qwen2-MoE, OLMoE (tiny random configs, head_dim 64).
 Each case runs in one concurrent batch with an unsteered request, which must stay equal to
-the unedited HF model. One server per (architecture, mode) (module scope), so one at a time is alive.
+the unedited HF model. One server per (architecture, mode), started once and alive only while its cases run.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 from conftest import TINY_HIDDEN
 from support.completions import agreedy, assert_same_generation, assert_steering_visible
 from support.intervention_cases import ablate, add, clamp, combine, experts, heads
+from support.one_at_a_time import OneAtATime
 from support.servers import Server
 from support.steering_cases import random_vector
 from support.tiny_models import build_tiny_model
@@ -92,14 +93,17 @@ def arch_dirs(tmp_path_factory, smollm2_dir):
 
 
 @pytest.fixture(scope="module")
-def arch(request, arch_dirs, log_dir):
-    """A server for (architecture, mode); module scope + grouping keeps one alive at a time."""
+def servers(arch_dirs, log_dir) -> OneAtATime:
+    """A server (and HF reference) per (architecture, mode), started once: the matrix is grouped."""
     from support.hf_reference import HFReference
 
-    kind, mode = request.param
-    server = Server(arch_dirs[kind], log_dir, **MODES[mode])
-    request.addfinalizer(server.stop)
-    return kind, server.wait_ready(), HFReference(arch_dirs[kind])
+    def start(key: tuple[str, str]) -> tuple[str, Server, HFReference]:
+        kind, mode = key
+        return kind, Server(arch_dirs[kind], log_dir, **MODES[mode]).wait_ready(), HFReference(arch_dirs[kind])
+
+    pool = OneAtATime(start, lambda value: value[1].stop())
+    yield pool
+    pool.close()
 
 
 async def _batch(server: Server, steering: dict) -> list:
@@ -109,9 +113,9 @@ async def _batch(server: Server, steering: dict) -> list:
         return await asyncio.gather(*jobs)
 
 
-@pytest.mark.parametrize("arch, case", _matrix(), indirect=["arch"], ids=lambda v: "-".join(v) if isinstance(v, tuple) else v)
-def test_intervention_matches_hf_in_mixed_batch(arch, case: str) -> None:
-    kind, server, reference = arch
+@pytest.mark.parametrize("arch, case", _matrix(), ids=lambda v: "-".join(v) if isinstance(v, tuple) else v)
+def test_intervention_matches_hf_in_mixed_batch(servers, arch: tuple[str, str], case: str) -> None:
+    kind, server, reference = servers.get(arch)
     steering, edits = _cases_for(kind)[case]
     expected = reference.greedy(PROMPT, MAX_TOKENS, edits)
     assert_steering_visible(expected, reference.greedy(PROMPT, MAX_TOKENS))
@@ -135,9 +139,8 @@ def test_intervention_matches_hf_in_mixed_batch(arch, case: str) -> None:
     ({"interventions": [{"type": "clamp", "vector": V1.tolist(), "layers": [0]}]}, "value"),
     ({"interventions": [{"type": "ablate", "vector": V1.tolist(), "layers": [0]}] * 3}, "at most 2 per layer"),
 ])
-@pytest.mark.parametrize("arch", [("mixtral", "eager")], indirect=True, ids=["mixtral-eager"])
-def test_invalid_new_types_are_400(arch, steering: dict, fragment: str) -> None:
-    _, server, _ = arch
+def test_invalid_new_types_are_400(servers, steering: dict, fragment: str) -> None:
+    _, server, _ = servers.get(("mixtral", "eager"))
     body = {"model": server.model, "prompt": "Hi", "max_tokens": 2, "steering": steering}
     response = server.client.post("/v1/completions", json=body)
     assert response.status_code == 400, response.text
