@@ -17,7 +17,6 @@ import platform
 import signal
 import sys
 import tempfile
-import subprocess
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # reuse the test suite's server launcher and tiny models
 
 from loadtests import workloads as wl  # noqa: E402
+from loadtests.git_commit import current_commit  # noqa: E402
 from loadtests.hf_baseline import hf_throughput  # noqa: E402
 from loadtests.plan import Section, Table, Variant, default_model_section, moe_section, overhead_section  # noqa: E402
 from loadtests.report import summarise, write_report  # noqa: E402
@@ -122,8 +122,7 @@ def machine() -> dict[str, str]:
     return {"cpu": cpu, "cores": str(len(os.sched_getaffinity(0))),
             "memory_gib": f"{memory_kb / 2**20:.1f}", "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "vllm": vllm.__version__,
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=ROOT).stdout.strip()}
+            "commit": current_commit()}
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # reuse the test suite's server launche
 import schemathesis  # noqa: E402
 
 from loadtests.fuzz_runner import FuzzResult, run_fuzz  # noqa: E402
+from loadtests.git_commit import current_commit  # noqa: E402
 from steer_serve.default_model import default_model_dir  # noqa: E402
 from steer_serve.steering_vector import SteeringVector  # noqa: E402
 from steer_serve.vector_formats import write_vector  # noqa: E402
@@ -99,13 +99,6 @@ NOTES = ("Cases come from the server's own /openapi.json. `[published body]` row
          "can be all zeros (no direction to ablate or clamp).")
 
 
-def _commit() -> str:
-    """The checked-out commit, marked dirty when tracked files differ from it."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return git("rev-parse", "--short", "HEAD") + (" (dirty)" if git("status", "--porcelain", "-uno") else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000, help="at least this many generated requests")
@@ -122,7 +115,7 @@ def main() -> None:
         server.stop()
     context = {"command": " ".join([".venv/bin/python -m loadtests.fuzz_openapi", *sys.argv[1:]]), "seed": args.seed,
                "schemathesis": schemathesis.SCHEMATHESIS_VERSION, "notes": NOTES, "server_log": str(server.log_path),
-               "machine": f"{platform.machine()}, Python {platform.python_version()}", "commit": _commit()}
+               "machine": f"{platform.machine()}, Python {platform.python_version()}", "commit": current_commit()}
     print(f"report: {write_report(args.out, result, context)}")
     print(json.dumps({"requests": result.requests, "by_status": result.by_status, "problems": result.problems}))
     sys.exit(1 if result.problems else 0)

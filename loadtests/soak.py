@@ -35,6 +35,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # reuse the test suite's server launcher and tiny model
 
+from loadtests.workloads import unit_vector  # noqa: E402
 from steer_serve.engine_stats import EngineSteeringStats  # noqa: E402
 
 MEMORY_BOUND_MIB = 64.0  # allowed total RSS growth after warm-up (API + engine processes)
@@ -69,24 +70,19 @@ class Tally:
     transport_errors: Counter = field(default_factory=Counter)  # exception class -> count
 
 
-def _unit(hidden: int, seed: int) -> list[float]:
-    v = np.random.default_rng(seed).standard_normal(hidden)
-    return (v / np.linalg.norm(v)).round(6).tolist()
-
-
 def steering_for(kind: str, i: int, target: Target) -> dict | None:
     """Request i's steering: the shared vector has one fingerprint; inline ones are all distinct."""
     middle = [target.num_layers // 2 - 1, target.num_layers // 2]
     if kind == "unsteered":
         return None
     if kind == "shared":
-        vector = _unit(target.hidden_size, 0)
+        vector = unit_vector(target.hidden_size, 0)
         return {"interventions": [{"type": "add", "vector": vector, "layers": middle, "scale": 2.0}]}
     if kind == "inline":
-        vector = _unit(target.hidden_size, 1000 + i)
+        vector = unit_vector(target.hidden_size, 1000 + i)
         return {"interventions": [{"type": "add", "vector": vector, "layers": middle, "scale": 2.0}]}
     if kind == "ablate":
-        return {"interventions": [{"type": "ablate", "vector": _unit(target.hidden_size, 7), "layers": middle}]}
+        return {"interventions": [{"type": "ablate", "vector": unit_vector(target.hidden_size, 7), "layers": middle}]}
     return {"interventions": [{"type": "heads", "mask": {str(middle[0]): [0]}, "scale": {str(middle[1]): {"1": 0.5}}}]}
 
 

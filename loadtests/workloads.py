@@ -19,16 +19,17 @@ class ModelSpec:
     num_layers: int
 
 
-def _vector(hidden: int, seed: int, norm: float = 1.0) -> list[float]:
+def unit_vector(hidden: int, seed: int) -> list[float]:
+    """A seeded random direction of norm 1 (rounded for JSON bodies)."""
     v = np.random.default_rng(seed).standard_normal(hidden)
-    return (norm * v / np.linalg.norm(v)).round(6).tolist()
+    return (v / np.linalg.norm(v)).round(6).tolist()
 
 
 def distinct_vectors(model: ModelSpec, k: int, layers: int) -> SteeringFor:
     """Request i carries vector i % k, added on `layers` consecutive middle layers."""
     first = max(0, (model.num_layers - layers) // 2)
     chosen = list(range(first, first + layers))
-    vectors = [_vector(model.hidden_size, seed) for seed in range(k)]
+    vectors = [unit_vector(model.hidden_size, seed) for seed in range(k)]
     return lambda i: {"interventions": [{"type": "add", "vector": vectors[i % k], "layers": chosen, "scale": 0.5}]}
 
 
