@@ -10,6 +10,7 @@ another process changed it, checked at most once per `poll_s`. Parsed files are 
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ class Snapshot(Generic[Item]):
     rejected: dict[str, str]  # name -> why it is unusable
 
 
-class NamedFileStore(Generic[Item]):
+class NamedFileStore(ABC, Generic[Item]):
     """Subclasses set `kind` and `suffixes` and implement `_load`."""
 
     kind: ClassVar[str]  # "vector", "preset": used in messages
@@ -118,9 +119,9 @@ class NamedFileStore(Generic[Item]):
     def _cache_key(self, name: str, file_name: str, signature: Signature) -> tuple[Any, ...]:
         return (file_name, signature[file_name])
 
+    @abstractmethod
     def _load(self, name: str, path: Path) -> Item | str:
         """The parsed item, or a message saying why the file is unusable."""
-        raise NotImplementedError
 
     def _reloaded(self, previous: Snapshot[Item]) -> None:
         """Called after every reload (under the lock)."""
