@@ -1,1 +1,1 @@
-"""Load tests: steer-serve against plain vLLM in the same run (run from the repo root)."""
+"""Load tests: steer-serve against plain vLLM in the same run (servers and tiny models from `harness`)."""

@@ -23,18 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # reuse the test suite's server launcher and tiny models
 
-from loadtests import workloads as wl  # noqa: E402
-from loadtests.git_commit import current_commit  # noqa: E402
-from loadtests.hf_baseline import hf_throughput  # noqa: E402
-from loadtests.plan import Section, Table, Variant, default_model_section, moe_section, overhead_section  # noqa: E402
-from loadtests.report import summarise, write_report  # noqa: E402
-from loadtests.vllm_bench import run_benchmark  # noqa: E402
-from steer_serve.default_model import default_model_dir  # noqa: E402
-from support.servers import Server  # noqa: E402
-from support.tiny_models import build_tiny_llama, build_tiny_model  # noqa: E402
+from loadtests import workloads as wl
+from loadtests.git_commit import current_commit
+from loadtests.hf_baseline import hf_throughput
+from loadtests.plan import Section, Table, Variant, default_model_section, moe_section, overhead_section
+from loadtests.report import summarise, write_report
+from loadtests.vllm_bench import run_benchmark
+from steer_serve.default_model import default_model_dir
+from harness.servers import Server
+from harness.tiny_models import build_tiny_llama, build_tiny_model
 
 
 def run_section(section: Section, repeats: int, log_dir: Path) -> dict[str, dict]:

@@ -19,23 +19,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # reuse the test suite's server launcher and tiny models
 
-import schemathesis  # noqa: E402
+import schemathesis
 
-from loadtests.fuzz_runner import FuzzResult, run_fuzz  # noqa: E402
-from loadtests.git_commit import current_commit  # noqa: E402
-from steer_serve.default_model import default_model_dir  # noqa: E402
-from steer_serve.steering_vector import SteeringVector  # noqa: E402
-from steer_serve.vector_formats import write_vector  # noqa: E402
-from support.experiments import experiment, write_experiments  # noqa: E402
-from support.servers import Server  # noqa: E402
-from support.steering_cases import tiny_library_directions  # noqa: E402
-from support.tiny_models import build_tiny_llama  # noqa: E402
+from loadtests.fuzz_runner import FuzzResult, run_fuzz
+from loadtests.git_commit import current_commit
+from steer_serve.default_model import default_model_dir
+from steer_serve.library.steering_vector import SteeringVector
+from steer_serve.library.vector_formats import write_vector
+from harness.experiments import experiment, write_experiments
+from harness.servers import Server
+from harness.steering_cases import tiny_library_directions
+from harness.tiny_models import TINY_HIDDEN, TINY_LAYERS, build_tiny_llama
 
 ADMIN_KEY = "fuzz-admin-key"
-TINY_HIDDEN, TINY_LAYERS = 128, 4
 MAX_MODEL_LEN = 256
 
 

@@ -28,7 +28,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import Case, GenerationMode
 
 from loadtests.fuzz_schema import CHAT, COMPLETIONS, STEERING_PREFIX, fuzzed_operations, steering_focused
-from steer_serve.request_gateway import FINGERPRINT_HEADER
+from steer_serve_vllm.api.gateway import FINGERPRINT_HEADER
 
 REQUEST_TIMEOUT_S = 120
 NEGATIVE_SHARE = 0.25

@@ -32,11 +32,9 @@ import httpx
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # reuse the test suite's server launcher and tiny model
 
-from loadtests.workloads import unit_vector  # noqa: E402
-from steer_serve.engine_stats import EngineSteeringStats  # noqa: E402
+from loadtests.workloads import unit_vector
+from steer_serve.engine_stats import EngineSteeringStats
 
 MEMORY_BOUND_MIB = 64.0  # allowed total RSS growth after warm-up (API + engine processes)
 WARMUP_FRACTION = 0.2  # by default the first 20% of the run is warm-up (allocator, KV blocks first touched)
@@ -286,8 +284,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from steer_serve.default_model import default_model_dir
-    from support.servers import Server
-    from support.tiny_models import build_tiny_llama
+    from harness.servers import Server
+    from harness.tiny_models import build_tiny_llama
 
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     model = build_tiny_llama(work / "tiny-llama", default_model_dir())

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from steer_serve.default_model import default_model_dir
-from steer_serve.extraction import extract_to_file
-from steer_serve.steering_vector import SteeringVector
+from steer_serve.tools.extraction import extract_to_file
+from steer_serve.library.steering_vector import SteeringVector
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT / "configs" / "datasets"
@@ -67,8 +67,8 @@ def generate(model_dir: Path, prompt: str, vector: SteeringVector | None, scale:
     """Greedy HF generation with `scale * direction` added to each steered layer's output."""
     import torch
 
-    from steer_serve.activations import load_model
-    from steer_serve.effect_report import steered
+    from steer_serve.tools.activations import load_model
+    from steer_serve.tools.effect_report import steered
 
     model, tokenizer = load_model(model_dir)
     additions = dict(vector.directions) if vector is not None else {}

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from steer_serve.default_model import DEFAULT_MODEL_NAME, default_model_dir
+from steer_serve_vllm.names import VLLM_PLUGINS  # a vLLM-free module: the names our plugins register under
 
 _VLLM_ENTRY = "vllm.entrypoints.launchers.api_server.entry"
-PLUGIN_NAMES = "steer_serve,steer_serve_api"
 DEFAULT_CPU_KVCACHE_GIB = "4"
 
 
@@ -27,7 +27,7 @@ def serve_command(args: argparse.Namespace, passthrough: list[str]) -> list[str]
 def serve_environment(args: argparse.Namespace) -> dict[str, str]:
     """Environment for the server: our plugins allow-listed, our settings as STEER_SERVE_*."""
     env = dict(os.environ)
-    env["VLLM_PLUGINS"] = PLUGIN_NAMES
+    env["VLLM_PLUGINS"] = VLLM_PLUGINS
     env.setdefault("HF_HUB_OFFLINE", "1")  # local models only: nothing is downloaded at run time
     # Steering patches vLLM's V1 model runner; on GPU vLLM 0.32 would otherwise pick Model Runner V2.
     env["VLLM_USE_V2_MODEL_RUNNER"] = "0"
@@ -78,7 +78,7 @@ def parse_layers(text: str) -> list[int]:
 
 
 def _run_extract(args: argparse.Namespace, passthrough: list[str]) -> int:
-    from steer_serve.extraction import extract_to_file
+    from steer_serve.tools.extraction import extract_to_file
 
     if (args.method == "mean_centred") != (args.neutral is not None):
         print("steer-serve: --neutral is required with --method mean_centred and only used by it", file=sys.stderr)
@@ -91,7 +91,7 @@ def _run_extract(args: argparse.Namespace, passthrough: list[str]) -> int:
 
 
 def _run_experts(args: argparse.Namespace, passthrough: list[str]) -> int:
-    from steer_serve.expert_discovery import discover, ranking_markdown, write_discovery
+    from steer_serve.tools.expert_discovery import discover, ranking_markdown, write_discovery
 
     out = Path(args.out)
     model = Path(args.model) if args.model else default_model_dir()
@@ -107,7 +107,7 @@ def _run_experts(args: argparse.Namespace, passthrough: list[str]) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace, passthrough: list[str]) -> int:
-    from steer_serve.effect_report import evaluate, find_vector, render_markdown, write_report
+    from steer_serve.tools.effect_report import evaluate, find_vector, render_markdown, write_report
     from steer_serve.settings import REPO_CONFIGS
 
     vector_dir = Path(args.vector_dir) if args.vector_dir else REPO_CONFIGS / "vectors"

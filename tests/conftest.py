@@ -7,37 +7,23 @@ about three servers (a few GiB each) are alive at once on a 24 GiB machine.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-_TESTS = Path(__file__).resolve().parent
-# tests/steer_serve/ (a folder of tests, no __init__) must not shadow the installed package: run
-# from tests/, it would become a namespace package `steer_serve`, and tests/steer_serve/experiments
-# would then hide steer_serve.experiments. Import the real package first, without tests/ on the path.
-_saved_path = list(sys.path)
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _TESTS]
-import steer_serve  # noqa: E402,F401
-sys.path[:] = _saved_path
-sys.path.insert(0, str(_TESTS))
-
-import torch  # noqa: E402
+from steer_serve.default_model import default_model_dir
+from steer_serve.library.steering_vector import SteeringVector
+from steer_serve.library.vector_formats import write_vector
+from harness.hf_reference import HFReference
+from harness.servers import ADMIN_KEY, Server
+from harness.steering_cases import tiny_library_directions
+from harness.tiny_models import TINY_HIDDEN, TINY_LAYERS, build_tiny_llama
 
 # The HF reference runs in this process next to vLLM servers whose workers keep a core busy;
 # two OpenMP threads spinning against them make small forwards orders of magnitude slower.
 torch.set_num_threads(1)
 
-from steer_serve.default_model import default_model_dir  # noqa: E402
-from steer_serve.steering_vector import SteeringVector  # noqa: E402
-from steer_serve.vector_formats import write_vector  # noqa: E402
-from support.hf_reference import HFReference  # noqa: E402
-from support.servers import Server  # noqa: E402
-from support.steering_cases import tiny_library_directions  # noqa: E402
-from support.tiny_models import build_tiny_llama  # noqa: E402
-
-TINY_HIDDEN = 128
-TINY_LAYERS = 4
 
 
 @pytest.fixture(scope="session")
@@ -102,13 +88,10 @@ def smollm2_reference(smollm2_dir) -> HFReference:
     return HFReference(smollm2_dir)
 
 
-ADMIN_KEY = "test-admin-key"
-
-
 @pytest.fixture(scope="session")
 def experiments_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two running experiments for the tiny model: `a_session` keyed by a header, `tone` by `user`."""
-    from support.experiments import experiment, write_experiments
+    from harness.experiments import experiment, write_experiments
 
     treatment = [{"type": "add", "vector": "tiny_a", "scale": 4.0}]
     return write_experiments(

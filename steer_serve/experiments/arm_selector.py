@@ -20,8 +20,9 @@ from steer_serve import metrics
 from steer_serve.experiments.assignment import arm_index, hash_unit, is_covered
 from steer_serve.experiments.config import ExperimentConfig, ExperimentConfigError, HeaderUnit, load_experiments
 from steer_serve.experiments.control_state import ControlFile
-from steer_serve.resolved_steering import ResolvedSteering
-from steer_serve.steering_resolver import SteeringError, SteeringResolver
+from steer_serve.request.resolved_steering import ResolvedSteering
+from steer_serve.request.errors import SteeringError, parse_steering
+from steer_serve.request.steering_resolver import SteeringResolver
 
 logger = logging.getLogger(__name__)
 EXPERIMENT_HEADER = "x-steer-serve-experiment"
@@ -73,8 +74,6 @@ class Assignment:
 
 
 def resolve_experiment(config: ExperimentConfig, resolver: SteeringResolver) -> LiveExperiment:
-    from steer_serve.request_gateway import parse_steering  # the request path; imported late (cycle)
-
     arms = []
     for arm in config.arms:
         steering = None

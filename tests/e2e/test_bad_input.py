@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from support.steering_cases import random_vector
+from harness.steering_cases import random_vector
 
 pytestmark = pytest.mark.slow
 

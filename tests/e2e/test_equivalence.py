@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from support.completions import assert_same_generation, assert_steering_visible, greedy
-from conftest import TINY_HIDDEN, TINY_LAYERS
-from support.steering_cases import Case, Entry, random_vector, tiny_cases, tiny_library_directions
+from harness.completions import assert_same_generation, assert_steering_visible, greedy
+from harness.tiny_models import TINY_HIDDEN, TINY_LAYERS
+from harness.steering_cases import Case, Entry, random_vector, tiny_cases, tiny_library_directions
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,10 @@ from collections import Counter
 import httpx
 import pytest
 
-from conftest import ADMIN_KEY
+from harness.servers import ADMIN_KEY
 from steer_serve.cli import main
 from steer_serve.experiments.jsonl_log import read_records
-from support.metrics import counter_total
+from harness.metrics import counter_total
 
 pytestmark = pytest.mark.slow
 

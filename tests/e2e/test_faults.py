@@ -9,23 +9,19 @@ which starts and kills its own; so at most two servers of this module are alive 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds loadtests/
-
-from loadtests import soak  # noqa: E402
-from steer_serve.engine_stats import EngineSteeringStats  # noqa: E402
-from steer_serve_vllm.engine_death import ENGINE_DIED_EXIT_CODE  # noqa: E402
-from support.completions import agreedy, assert_same_generation, completion_body, greedy  # noqa: E402
-from support.metrics import counter_total  # noqa: E402
-from support.servers import Server  # noqa: E402
-from support.steering_cases import random_vector  # noqa: E402
+from loadtests import soak
+from steer_serve.engine_stats import EngineSteeringStats
+from steer_serve_vllm.api.engine_death import ENGINE_DIED_EXIT_CODE
+from harness.completions import agreedy, assert_same_generation, completion_body, greedy
+from harness.metrics import counter_total
+from harness.servers import Server
+from harness.steering_cases import random_vector
 
 pytestmark = pytest.mark.slow
 

@@ -7,15 +7,10 @@ Same code path as `python -m loadtests.fuzz_openapi` (`launch_fuzz_server` + `ru
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds loadtests/
-
-from loadtests.fuzz_openapi import ADMIN_KEY, launch_fuzz_server  # noqa: E402
-from loadtests.fuzz_runner import run_fuzz  # noqa: E402
+from loadtests.fuzz_openapi import ADMIN_KEY, launch_fuzz_server
+from loadtests.fuzz_runner import run_fuzz
 
 pytestmark = pytest.mark.slow
 

@@ -12,16 +12,15 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from conftest import ADMIN_KEY, TINY_HIDDEN
-from steer_serve.steering_vector import SteeringVector
-from steer_serve.vector_formats import vector_bytes
-from support.servers import Server
+from harness.servers import ADMIN_KEY, Server
+from harness.tiny_models import TINY_HIDDEN
+from steer_serve.library.steering_vector import SteeringVector
+from steer_serve.library.vector_formats import vector_bytes
 
 pytestmark = pytest.mark.slow
 

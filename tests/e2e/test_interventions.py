@@ -12,13 +12,12 @@ import asyncio
 import httpx
 import pytest
 
-from conftest import TINY_HIDDEN
-from support.completions import agreedy, assert_same_generation, assert_steering_visible
-from support.intervention_cases import ablate, add, clamp, combine, experts, heads
-from support.one_at_a_time import OneAtATime
-from support.servers import Server
-from support.steering_cases import random_vector
-from support.tiny_models import build_tiny_model
+from harness.tiny_models import TINY_HIDDEN, build_tiny_model
+from harness.completions import agreedy, assert_same_generation, assert_steering_visible
+from harness.intervention_cases import ablate, add, clamp, combine, experts, heads
+from harness.one_at_a_time import OneAtATime
+from harness.servers import Server
+from harness.steering_cases import random_vector
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +94,7 @@ def arch_dirs(tmp_path_factory, smollm2_dir):
 @pytest.fixture(scope="module")
 def servers(arch_dirs, log_dir) -> OneAtATime:
     """A server (and HF reference) per (architecture, mode), started once: the matrix is grouped."""
-    from support.hf_reference import HFReference
+    from harness.hf_reference import HFReference
 
     def start(key: tuple[str, str]) -> tuple[str, Server, HFReference]:
         kind, mode = key

@@ -13,8 +13,8 @@ import asyncio
 import httpx
 import pytest
 
-from support.completions import agreedy, assert_same_generation, greedy
-from support.steering_cases import random_vector
+from harness.completions import agreedy, assert_same_generation, greedy
+from harness.steering_cases import random_vector
 
 pytestmark = pytest.mark.slow
 

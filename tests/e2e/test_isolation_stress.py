@@ -20,11 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import TINY_HIDDEN, TINY_LAYERS
-from support.completions import agreedy, assert_same_generation, assert_steering_visible, greedy
-from support.metrics import counter_total
-from support.random_workload import Job, random_jobs
-from support.servers import Server
+from harness.tiny_models import TINY_HIDDEN, TINY_LAYERS
+from harness.completions import agreedy, assert_same_generation, assert_steering_visible, greedy
+from harness.metrics import counter_total
+from harness.random_workload import Job, random_jobs
+from harness.servers import Server
 
 pytestmark = pytest.mark.slow
 

@@ -14,13 +14,13 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import ADMIN_KEY, TINY_HIDDEN
+from harness.servers import ADMIN_KEY, Server
+from harness.tiny_models import TINY_HIDDEN
 from steer_serve.experiments.assignment import arm_index
-from steer_serve.steering_vector import SteeringVector
-from steer_serve.vector_formats import vector_bytes
-from support.completions import completion_body
-from support.experiments import experiment, two_arms, write_experiments
-from support.servers import Server
+from steer_serve.library.steering_vector import SteeringVector
+from steer_serve.library.vector_formats import vector_bytes
+from harness.completions import completion_body
+from harness.experiments import experiment, two_arms, write_experiments
 
 pytestmark = pytest.mark.slow
 

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root holds loadtests/
-
-from loadtests import workloads as wl  # noqa: E402
-from loadtests.report import summarise, write_report  # noqa: E402
-from loadtests.vllm_bench import run_benchmark  # noqa: E402
+from loadtests import workloads as wl
+from loadtests.report import summarise, write_report
+from loadtests.vllm_bench import run_benchmark
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import json
 import openai
 import pytest
 
-from support.steering_cases import random_vector
+from harness.steering_cases import random_vector
 
 pytestmark = pytest.mark.slow
 

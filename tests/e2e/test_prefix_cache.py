@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from support.completions import assert_same_generation, greedy
-from support.metrics import counter_total
-from support.steering_cases import Entry, random_vector
+from harness.completions import assert_same_generation, greedy
+from harness.metrics import counter_total
+from harness.steering_cases import Entry, random_vector
 
 pytestmark = pytest.mark.slow
 

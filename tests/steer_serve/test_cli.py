@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from steer_serve.cli import PLUGIN_NAMES, build_parser, parse_layers, serve_command, serve_environment
+from steer_serve.cli import build_parser, parse_layers, serve_command, serve_environment
 
 
 def _serve_args(*argv: str):
@@ -25,7 +25,7 @@ def test_vllm_flags_are_not_abbreviation_matched() -> None:
 def test_environment_enables_both_plugins_and_v1_runner(tmp_path) -> None:
     args, _ = _serve_args("--vector-dir", str(tmp_path))
     env = serve_environment(args)
-    assert env["VLLM_PLUGINS"] == PLUGIN_NAMES == "steer_serve,steer_serve_api"
+    assert env["VLLM_PLUGINS"] == "steer_serve,steer_serve_api"
     assert env["VLLM_USE_V2_MODEL_RUNNER"] == "0"
     assert env["STEER_SERVE_VECTOR_DIR"] == str(tmp_path.resolve())
 

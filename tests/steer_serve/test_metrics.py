@@ -11,9 +11,9 @@ from steer_serve import metrics
 from steer_serve.experiments.exposure_recorder import ExposureRecorder
 from steer_serve.experiments.jsonl_log import read_records
 from steer_serve.experiments.response_observer import Observation
-from steer_serve.request_gateway import RequestGateway
-from support.experiments import experiment, selector, two_arms, write_experiments
-from support.libraries import resolver, vector
+from steer_serve_vllm.api.gateway import RequestGateway
+from harness.experiments import experiment, selector, two_arms, write_experiments
+from harness.libraries import resolver, vector
 
 ADD = [{"type": "add", "vector": "v", "layers": [1], "scale": 2.0}]
 

@@ -6,12 +6,14 @@ import json
 
 import pytest
 
-from steer_serve import metrics, wire_format
+from steer_serve import metrics
+from steer_serve.request import wire_format
 from steer_serve.experiments.arm_selector import ARM_HEADER, EXPERIMENT_HEADER
 from steer_serve.experiments.config import ExperimentConfigError
-from steer_serve.request_gateway import FINGERPRINT_HEADER, Forward, RequestGateway, parse_steering
-from support.experiments import experiment, selector, two_arms, write_experiments
-from support.libraries import resolver, vector
+from steer_serve.request.errors import parse_steering
+from steer_serve_vllm.api.gateway import FINGERPRINT_HEADER, Forward, RequestGateway
+from harness.experiments import experiment, selector, two_arms, write_experiments
+from harness.libraries import resolver, vector
 
 ADD = [{"type": "add", "vector": "v", "layers": [1], "scale": 2.0}]
 OWN = {"interventions": [{"type": "add", "vector": "v", "layers": [2], "scale": 1.0}]}
@@ -131,14 +133,13 @@ def test_reload_applies_everywhere_and_a_bad_file_keeps_the_old_set(setup, tmp_p
 
 
 def _preset_resolver(tmp_path):
-    from steer_serve.presets import PresetLibrary
+    from steer_serve.library.presets import PresetLibrary
 
     resolve = resolver(tmp_path, v=vector())
     presets_dir = tmp_path / "presets"
     presets_dir.mkdir()
     (presets_dir / "light.json").write_text(json.dumps({"interventions": ADD}))
-    resolve.presets = PresetLibrary(presets_dir, lambda preset: resolve.resolve(preset.spec), poll_s=0.0)
-    return resolve
+    return resolve.with_presets(PresetLibrary(presets_dir, resolve.resolve, poll_s=0.0))
 
 
 def test_an_arm_can_name_a_preset_alone_or_with_interventions(tmp_path) -> None:

@@ -10,10 +10,10 @@ from steer_serve.experiments.arm_selector import resolve_experiment
 from steer_serve.experiments.config import ExperimentConfigError, load_experiment, load_experiments
 from steer_serve.model_shape import ModelShape
 from steer_serve.settings import REPO_CONFIGS, Settings
-from steer_serve.steering_resolver import SteeringResolver
-from steer_serve.vector_library import VectorLibrary
-from support.experiments import experiment, two_arms, write_experiments
-from support.libraries import resolver, vector
+from steer_serve.request.steering_resolver import SteeringResolver
+from steer_serve.library.vector_library import VectorLibrary
+from harness.experiments import experiment, two_arms, write_experiments
+from harness.libraries import resolver, vector
 
 ADD = [{"type": "add", "vector": "v", "layers": [1], "scale": 2.0}]
 

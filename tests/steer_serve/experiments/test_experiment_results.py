@@ -13,7 +13,7 @@ from steer_serve.experiments.jsonl_log import append_record, read_records
 from steer_serve.experiments.records import Exposure, Feedback
 from steer_serve.experiments.report import render_markdown, render_png
 from steer_serve.experiments.results import compute_results
-from support.experiments import experiment, two_arms, write_experiments
+from harness.experiments import experiment, two_arms, write_experiments
 
 ADD = [{"type": "add", "vector": "v", "layers": [1], "scale": 2.0}]
 

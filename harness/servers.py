@@ -1,0 +1,80 @@
+"""Start a real steer-serve (or plain vLLM) OpenAI server as a subprocess for the tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+STARTUP_TIMEOUT_S = 600
+ADMIN_KEY = "test-admin-key"  # the admin key of the test servers that have one
+VLLM_ENTRY = "vllm.entrypoints.launchers.api_server.entry"
+# Servers run from the repository root, so relative paths in their arguments mean the same for all.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A server process; `plugin=False` runs plain vLLM with every plugin disabled."""
+
+    def __init__(self, model: Path, log_dir: Path, *, plugin: bool = True, eager: bool = True,
+                 vector_dir: Path | None = None, extra_args: list[str] = (), env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.model = str(model)
+        self.log_path = log_dir / f"server-{self.port}.log"
+        args = ["--model", self.model, "--port", str(self.port), "--host", "127.0.0.1", "--dtype", "float32",
+                "--max-model-len", "1024", "--max-num-seqs", "32", "--seed", "0", *extra_args]
+        if eager:
+            args.append("--enforce-eager")
+        run_env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", **(env or {}))
+        if plugin:
+            command = [sys.executable, "-m", "steer_serve.cli", "serve", *args]
+            if vector_dir is not None:
+                command += ["--vector-dir", str(vector_dir)]
+        else:
+            command = [sys.executable, "-m", VLLM_ENTRY, *args]
+            run_env["VLLM_PLUGINS"] = ""  # an allow-list that matches no plugin
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=run_env,
+                                        cwd=REPO_ROOT)
+        self.client = httpx.Client(base_url=self.url, timeout=300)
+
+    def wait_ready(self) -> "Server":
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if self.client.get("/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"server not ready after {STARTUP_TIMEOUT_S}s:\n{self.log_tail()}")
+
+    def is_alive(self) -> bool:
+        return self.process.poll() is None and self.client.get("/health").status_code == 200
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()

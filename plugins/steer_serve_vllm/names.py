@@ -1,0 +1,10 @@
+"""Names both processes agree on, in a module that imports nothing (the API process must not pull
+in the worker's module graph, torch included, to learn a string)."""
+
+ENGINE_PLUGIN = "steer_serve"  # vllm.general_plugins entry point (pyproject.toml)
+ENDPOINT_PLUGIN = "steer_serve_api"  # vllm.endpoint_plugins entry point (pyproject.toml)
+VLLM_PLUGINS = f"{ENGINE_PLUGIN},{ENDPOINT_PLUGIN}"  # what `steer-serve serve` puts in VLLM_PLUGINS
+
+# Worker method called by name through the engine client's `collective_rpc` (a name, not a
+# pickled callable: callables would need VLLM_ALLOW_INSECURE_SERIALIZATION).
+STATS_METHOD = "steer_serve_stats"

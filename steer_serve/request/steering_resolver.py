@@ -1,0 +1,281 @@
+"""Turn a validated SteeringSpec into concrete per-layer edits for the served model.
+
+Everything that depends on the model or the library is checked here, in the API process,
+so the engine never sees a request it could fail on (an exception in a vLLM worker kills
+the engine for everyone).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from steer_serve.model_shape import ModelShape
+from steer_serve.request.errors import SteeringError
+from steer_serve.request.resolved_steering import (
+    MAX_PROJECTIONS_PER_LAYER,
+    PHASES,
+    LayerProjection,
+    ResolvedSteering,
+    SteeringBuilder,
+)
+from steer_serve.settings import Settings
+from steer_serve.request.steering_spec import (
+    AblateIntervention,
+    AddIntervention,
+    ClampIntervention,
+    ExpertsIntervention,
+    HeadsIntervention,
+    SteeringSpec,
+)
+
+if TYPE_CHECKING:
+    from steer_serve.library.presets import PresetLibrary
+    from steer_serve.library.vector_library import VectorLibrary
+
+_PHASE_NAMES = ("prompt", "generated")
+
+
+class SteeringResolver:
+    def __init__(self, shape: ModelShape, library: "VectorLibrary", settings: Settings,
+                 presets: "PresetLibrary | None" = None) -> None:
+        self.shape = shape
+        self.library = library
+        self.settings = settings
+        self.presets = presets
+
+    def with_presets(self, presets: "PresetLibrary") -> "SteeringResolver":
+        """This resolver, extended by `presets`. The presets themselves are checked by the resolver
+        without them (`PresetLibrary(directory, check=resolver.resolve)`): a preset holds
+        interventions only, never another preset."""
+        return SteeringResolver(self.shape, self.library, self.settings, presets)
+
+    def resolve(self, spec: SteeringSpec) -> ResolvedSteering:
+        expanded = self._expand(spec)
+        if len(expanded) > self.settings.max_interventions:
+            from_preset = f" ({len(expanded) - len(spec.interventions or [])} from preset {spec.preset!r})" if spec.preset else ""
+            raise SteeringError(
+                f"{len(expanded)} interventions given{from_preset}; at most {self.settings.max_interventions} allowed",
+                "steering.interventions",
+            )
+        builder = SteeringBuilder()
+        with np.errstate(over="ignore"):  # overflow to inf is refused below (_check_float32), not warned about
+            for intervention, where in expanded:
+                if isinstance(intervention, AddIntervention):
+                    self._add(intervention, where, builder)
+                elif isinstance(intervention, (AblateIntervention, ClampIntervention)):
+                    self._project(intervention, where, builder)
+                elif isinstance(intervention, ExpertsIntervention):
+                    self._experts(intervention, where, builder)
+                else:
+                    self._heads(intervention, where, builder)
+        self._check_projection_counts(builder)
+        self._check_routing(builder)
+        _check_float32(builder)
+        return builder.build()
+
+    # ---- presets -----------------------------------------------------------------------
+    def _expand(self, spec: SteeringSpec) -> list[tuple[Any, str]]:
+        """(intervention, param path) pairs: the preset's interventions first, then the inline ones."""
+        expanded: list[tuple[Any, str]] = []
+        if spec.preset is not None:
+            if self.presets is None:
+                raise SteeringError("presets are not enabled on this server", "steering.preset")
+            try:
+                preset = self.presets.get(spec.preset)
+            except KeyError as exc:
+                raise SteeringError(exc.args[0], "steering.preset") from None
+            expanded += [(intervention, f"steering.preset[{spec.preset}].interventions[{index}]")
+                         for index, intervention in enumerate(preset.interventions)]
+        expanded += [(intervention, f"steering.interventions[{index}]")
+                     for index, intervention in enumerate(spec.interventions or [])]
+        return expanded
+
+    # ---- add ---------------------------------------------------------------------------
+    def _add(self, add: AddIntervention, where: str, builder: SteeringBuilder) -> None:
+        directions = self._directions(add, where)
+        layers = self._layers(add, sorted(directions), where)
+        scales = add.scale if isinstance(add.scale, dict) else {str(layer): add.scale for layer in layers}
+        for key, scale in scales.items():
+            self._check_magnitude(scale, f"scale {scale} for layer {key}", f"{where}.scale")
+        for layer in layers:
+            builder.add(layer, add.positions, np.float32(scales[str(layer)]) * directions[layer])
+
+    # ---- ablate / clamp ----------------------------------------------------------------
+    def _project(self, edit: AblateIntervention | ClampIntervention, where: str, builder: SteeringBuilder) -> None:
+        directions = self._directions(edit, where)
+        value = float(edit.value) if isinstance(edit, ClampIntervention) else 0.0
+        self._check_magnitude(value, f"clamp value {value}", f"{where}.value")
+        for layer in self._layers(edit, sorted(directions), where):
+            norm = float(np.linalg.norm(directions[layer].astype(np.float64)))
+            if norm == 0.0:
+                raise SteeringError(f"the direction for layer {layer} has zero norm", f"{where}.vector")
+            unit = (directions[layer].astype(np.float64) / norm).astype(np.float32)
+            builder.projections.append(LayerProjection(layer, edit.positions, unit, value))
+
+    def _check_projection_counts(self, builder: SteeringBuilder) -> None:
+        counts: dict[tuple[int, int], int] = defaultdict(int)
+        for proj in builder.projections:
+            for phase in PHASES[proj.positions]:
+                counts[(proj.layer, phase)] += 1
+        for (layer, phase), count in sorted(counts.items()):
+            if count > MAX_PROJECTIONS_PER_LAYER:
+                raise SteeringError(
+                    f"{count} ablate/clamp edits on layer {layer} for {_PHASE_NAMES[phase]} tokens; "
+                    f"at most {MAX_PROJECTIONS_PER_LAYER} per layer",
+                    "steering.interventions",
+                )
+
+    # ---- experts -----------------------------------------------------------------------
+    def _experts(self, edit: ExpertsIntervention, where: str, builder: SteeringBuilder) -> None:
+        if not self.shape.is_moe:
+            raise SteeringError(
+                f"model {self.shape.model_id} has no Mixture-of-Experts layers; `experts` needs an MoE model", where
+            )
+        chosen = {name: self._expert_sets(mapping, f"{where}.{name}") for name, mapping in
+                  (("disable", edit.disable), ("force", edit.force))}
+        for layer in sorted(set(chosen["disable"]) | set(chosen["force"])):
+            builder.route(layer, edit.positions, chosen["disable"].get(layer, set()), chosen["force"].get(layer, set()))
+
+    def _expert_sets(self, mapping: dict[str, list[int]], where: str) -> dict[int, set[int]]:
+        sets: dict[int, set[int]] = {}
+        moe_layers = self.shape.experts_per_layer
+        for key, experts in mapping.items():
+            layer = int(key)
+            if layer not in moe_layers:
+                raise SteeringError(f"layer {layer} has no experts (MoE layers: {_ranges(sorted(moe_layers))})", where)
+            bad = [e for e in experts if not 0 <= e < moe_layers[layer]]
+            if bad:
+                raise SteeringError(
+                    f"expert {bad[0]} does not exist in layer {layer} (experts 0..{moe_layers[layer] - 1})", where
+                )
+            sets[layer] = sets.get(layer, set()) | set(experts)
+        return sets
+
+    def _check_routing(self, builder: SteeringBuilder) -> None:
+        per_phase: dict[tuple[int, int], tuple[set[int], set[int]]] = defaultdict(lambda: (set(), set()))
+        for (layer, positions), (disabled, forced) in builder.routing.items():
+            for phase in PHASES[positions]:
+                per_phase[(layer, phase)][0].update(disabled)
+                per_phase[(layer, phase)][1].update(forced)
+        top_k = self.shape.experts_per_token
+        for (layer, phase), (disabled, forced) in sorted(per_phase.items()):
+            self._check_layer_routing(layer, _PHASE_NAMES[phase], disabled, forced, top_k)
+
+    def _check_layer_routing(self, layer: int, phase: str, disabled: set[int], forced: set[int], top_k: int) -> None:
+        where = "steering.interventions"
+        both = sorted(disabled & forced)
+        if both:
+            raise SteeringError(f"layer {layer}: expert {both[0]} is both disabled and forced ({phase} tokens)", where)
+        if len(forced) > top_k:
+            raise SteeringError(f"layer {layer}: {len(forced)} experts forced; the router picks only {top_k}", where)
+        enabled = self.shape.experts_per_layer[layer] - len(disabled)
+        if enabled < top_k:
+            raise SteeringError(
+                f"layer {layer}: only {enabled} experts left enabled; the router needs at least {top_k}", where
+            )
+
+    # ---- heads -------------------------------------------------------------------------
+    def _heads(self, edit: HeadsIntervention, where: str, builder: SteeringBuilder) -> None:
+        factors: dict[int, dict[int, float]] = defaultdict(dict)
+        for key, heads in edit.mask.items():
+            for head in heads:
+                factors[self._check_layer(int(key), f"{where}.mask")][head] = 0.0
+        for key, scales in edit.scale.items():
+            for head, factor in scales.items():
+                self._check_magnitude(factor, f"head scale {factor}", f"{where}.scale")
+                layer_factors = factors[self._check_layer(int(key), f"{where}.scale")]
+                layer_factors[int(head)] = layer_factors.get(int(head), 1.0) * float(factor)
+        for layer, by_head in sorted(factors.items()):
+            bad = [h for h in by_head if not 0 <= h < self.shape.num_heads]
+            if bad:
+                raise SteeringError(
+                    f"head {bad[0]} does not exist in layer {layer} (heads 0..{self.shape.num_heads - 1})", where
+                )
+            scales = np.ones(self.shape.num_heads, dtype=np.float32)
+            for head, factor in by_head.items():
+                scales[head] = factor
+            builder.scale_heads(layer, edit.positions, scales)
+
+    # ---- shared ------------------------------------------------------------------------
+    def _directions(self, edit: AddIntervention | AblateIntervention | ClampIntervention, where: str) -> dict[int, np.ndarray]:
+        """Per-layer directions this intervention may use, before layer selection."""
+        if isinstance(edit.vector, str):
+            try:
+                entry = self.library.get(edit.vector)
+            except KeyError as exc:
+                raise SteeringError(exc.args[0], f"{where}.vector") from None
+            return dict(entry.vector.directions)
+        if len(edit.vector) != self.shape.hidden_size:
+            raise SteeringError(
+                f"inline vector has {len(edit.vector)} values; the model's hidden size is {self.shape.hidden_size}",
+                f"{where}.vector",
+            )
+        with np.errstate(over="ignore"):
+            vector = np.asarray(edit.vector, dtype=np.float32)
+        if not np.isfinite(vector).all():
+            bad = int(np.flatnonzero(~np.isfinite(vector))[0])
+            raise SteeringError(f"vector[{bad}] = {edit.vector[bad]} does not fit in float32 (|x| <= {_F32_MAX:.4g})",
+                                f"{where}.vector")
+        return {layer: vector for layer in range(self.shape.num_layers)}
+
+    def _layers(self, edit: AddIntervention | AblateIntervention | ClampIntervention, available: list[int],
+                where: str) -> list[int]:
+        """Layers named by `layers` and/or a per-layer scale, checked against the model and vector."""
+        layers = self._requested_layers(edit, where)
+        if layers is None:
+            layers = available
+        for layer in layers:
+            self._check_layer(layer, f"{where}.layers")
+            if layer not in available:
+                raise SteeringError(
+                    f"vector {edit.vector!r} has no direction for layer {layer} (it has layers {available})",
+                    f"{where}.layers",
+                )
+        return sorted(layers)
+
+    def _requested_layers(self, edit: AddIntervention | AblateIntervention | ClampIntervention,
+                          where: str) -> list[int] | None:
+        scale = getattr(edit, "scale", None)
+        if not isinstance(scale, dict):
+            if edit.layers is None and not isinstance(edit.vector, str):
+                raise SteeringError("an inline vector needs `layers` (or a per-layer scale)", f"{where}.layers")
+            return edit.layers
+        scale_layers = sorted(int(key) for key in scale)
+        if len(set(scale_layers)) != len(scale_layers):
+            raise SteeringError("per-layer scale names a layer twice", f"{where}.scale")
+        if edit.layers is not None and sorted(edit.layers) != scale_layers:
+            raise SteeringError(
+                f"per-layer scale covers layers {scale_layers} but `layers` is {sorted(edit.layers)}",
+                f"{where}.scale",
+            )
+        return scale_layers
+
+    def _check_layer(self, layer: int, where: str) -> int:
+        if not 0 <= layer < self.shape.num_layers:
+            raise SteeringError(
+                f"layer {layer} is out of range; the model has layers 0..{self.shape.num_layers - 1}", where
+            )
+        return layer
+
+    def _check_magnitude(self, value: float, what: str, where: str) -> None:
+        if abs(value) > self.settings.max_abs_scale:
+            raise SteeringError(f"{what} exceeds the limit |scale| <= {self.settings.max_abs_scale}", where)
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_float32(builder: SteeringBuilder) -> None:
+    """Refuse edits that overflow float32 once scaled and summed: the engine would add inf to the
+    residual stream and the request would silently generate from NaN logits."""
+    for (layer, _), vector in builder.additions.items():
+        if not np.isfinite(vector).all():
+            raise SteeringError(f"scale * vector on layer {layer} overflows float32 (|x| <= {_F32_MAX:.4g})",
+                                "steering.interventions")
+
+
+def _ranges(values: list[int]) -> str:
+    return f"{values[0]}..{values[-1]}" if values == list(range(values[0], values[-1] + 1)) else str(values)

@@ -1,0 +1,66 @@
+"""Encoding of a ResolvedSteering into `SamplingParams.extra_args` and back.
+
+vLLM carries `extra_args` from the API process to every worker via msgpack; values must be
+flat, so the payload is one JSON string with base64 little-endian float32 arrays.
+Only the API process writes it, after validation; clients cannot supply it (the gateway
+refuses the key), so the worker can trust its structure.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import numpy as np
+
+from steer_serve.request.resolved_steering import ExpertRouting, HeadScales, LayerAddition, LayerProjection, ResolvedSteering
+
+EXTRA_ARGS_KEY = "steer_serve"
+_VERSION = 1
+
+
+def _pack(values: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(values, dtype="<f4").tobytes()).decode()
+
+
+def _unpack(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype="<f4").astype(np.float32)
+
+
+def encode(steering: ResolvedSteering) -> str:
+    payload: dict[str, Any] = {
+        "v": _VERSION,
+        "fingerprint": steering.fingerprint,
+        "ops": [{"layer": a.layer, "positions": a.positions, "add": _pack(a.vector)} for a in steering.additions],
+        "proj": [
+            {"layer": p.layer, "positions": p.positions, "dir": _pack(p.direction), "value": p.value}
+            for p in steering.projections
+        ],
+        "heads": [{"layer": h.layer, "positions": h.positions, "scales": _pack(h.scales)} for h in steering.head_scales],
+        "experts": [
+            {"layer": r.layer, "positions": r.positions, "disable": list(r.disabled), "force": list(r.forced)}
+            for r in steering.expert_routing
+        ],
+    }
+    return json.dumps(payload)
+
+
+def decode(payload: str) -> tuple[str, ResolvedSteering]:
+    """Return (fingerprint, steering). Raises ValueError/KeyError on a payload we did not write."""
+    data = json.loads(payload)
+    if data.get("v") != _VERSION:
+        raise ValueError(f"unsupported steer_serve payload version {data.get('v')!r}")
+    steering = ResolvedSteering(
+        additions=tuple(LayerAddition(int(o["layer"]), o["positions"], _unpack(o["add"])) for o in data["ops"]),
+        projections=tuple(
+            LayerProjection(int(p["layer"]), p["positions"], _unpack(p["dir"]), float(p["value"]))
+            for p in data.get("proj", [])
+        ),
+        head_scales=tuple(HeadScales(int(h["layer"]), h["positions"], _unpack(h["scales"])) for h in data.get("heads", [])),
+        expert_routing=tuple(
+            ExpertRouting(int(r["layer"]), r["positions"], tuple(r["disable"]), tuple(r["force"]))
+            for r in data.get("experts", [])
+        ),
+    )
+    return str(data["fingerprint"]), steering

@@ -1,1 +1,0 @@
-"""Shared test helpers: tiny models, server processes, the HF reference, HTTP clients."""
