@@ -1,4 +1,4 @@
-"""Factories for vector libraries and resolvers used by the unit tests."""
+"""Factories for vector libraries, resolvers and resolved steering used by the unit tests."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 from steer_serve.model_shape import ModelShape
 from steer_serve_vllm.api.gateway import RequestGateway
 from steer_serve.settings import Settings
+from steer_serve.request.resolved_steering import LayerAddition, ResolvedSteering, SteeringBuilder
 from steer_serve.request.steering_resolver import SteeringResolver
 from steer_serve.library.steering_vector import SteeringVector
 from steer_serve.library.vector_formats import write_vector
@@ -34,3 +35,11 @@ def resolver(directory: Path, **vectors: SteeringVector) -> SteeringResolver:
 
 def gateway(directory: Path, **vectors: SteeringVector) -> RequestGateway:
     return RequestGateway(resolver(directory, **vectors))
+
+
+def combine_additions(additions: list[LayerAddition]) -> ResolvedSteering:
+    """Resolved steering made of these additions (summed per (layer, positions), canonical order)."""
+    builder = SteeringBuilder()
+    for add in additions:
+        builder.add(add.layer, add.positions, add.vector)
+    return builder.build()

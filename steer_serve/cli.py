@@ -1,4 +1,5 @@
-"""`steer-serve` command line: serve (vLLM's OpenAI server with the plugin), extract, convert, ab report."""
+"""`steer-serve` command line: serve (vLLM's OpenAI server with the plugin), extract, experts, evaluate,
+ab report, default-model."""
 
 from __future__ import annotations
 

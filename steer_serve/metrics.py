@@ -16,7 +16,6 @@ import re
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 NONE = "none"  # label value for "not in an experiment" / "no arm"
-OUTCOMES = ("assigned", "forced", "no_unit", "not_covered", "killed")
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 _REJECTION_FIELDS = ("vector", "layers", "scale", "positions", "type", "value", "disable", "force", "mask",
                      "interventions", "preset", "vllm_xargs", "steering")

@@ -1,72 +1,219 @@
-"""Every vLLM symbol steer-serve patches, replaces, adds or relies on: why, and what would let us drop it.
+"""Every vLLM symbol steer-serve patches, replaces, adds, plants or relies on, in one list.
 
-`tests/steer_serve_vllm/engine/test_worker_patches.py` checks it against the installed vLLM: run it
-first after a vLLM upgrade.
+One record per symbol: which process touches it, how, why, the vLLM versions it was checked
+against, the upstream issue or PR if any, and what would let us drop it. `target` locates the
+symbol structurally (module + attribute path), and `tests/steer_serve_vllm/test_ledger.py`
+resolves every record against the installed vLLM: run it first after a vLLM upgrade.
+plugins/README.md's table is generated from this list:
+
+    .venv/bin/python -m steer_serve_vllm.ledger --markdown
+
+how: `wrap` (call the original, then ours), `replace` (ours instead of vLLM's), `add` (a new
+member on a vLLM class), `plant` (an attribute of ours on a vLLM object), `rely` (read or
+called as is: an internal that could change under us without any patch failing).
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
+from typing import Literal
 
-from steer_serve_vllm.names import STATS_METHOD
+from steer_serve_vllm.names import ENDPOINT_PLUGIN, STATS_METHOD
+
+Process = Literal["api", "engine"]
+How = Literal["wrap", "replace", "add", "plant", "rely"]
+CHECKED = ("0.32.0",)
 
 
 @dataclass(frozen=True)
-class PatchRecord:
-    symbol: str
+class Target:
+    """`module` is imported; `path` is walked with getattr. The last name may also be a dataclass
+    field or an attribute the owner class assigns (`self.NAME`) in its source."""
+
+    module: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.module}.{self.path}"
+
+
+@dataclass(frozen=True)
+class LedgerRecord:
+    process: Process
+    how: How
+    target: Target
     why: str
     drop_when: str
+    ours: str  # the module of ours that touches it
+    upstream: str | None = None
+    evidence: str | None = None  # source text of the target that the record depends on
+    versions: tuple[str, ...] = CHECKED
 
 
-LEDGER = (
-    PatchRecord(
-        "vllm.plugins.load_endpoint_plugins (API process; endpoint_guard.py)",
-        "raise when our endpoint plugin fails to load, instead of vLLM's log-and-continue, which "
-        "would serve every steered request unsteered",
-        "vLLM makes endpoint plugin failures fatal or configurable",
-    ),
-    PatchRecord(
-        "engine_client.shutdown (API process; the AsyncLLM instance only; engine_death.py)",
-        "mark a deliberate stop, so that an EngineCore process ending without it is an engine death "
-        "and the server exits non-zero (vLLM 0.32 exits 0) for supervisors to restart it",
-        "vLLM exits non-zero after an engine death",
-    ),
-    PatchRecord(
-        "vllm.v1.worker.gpu_model_runner.GPUModelRunner.load_model",
-        "allocate steering tables and install decoder-layer hooks after weights load and before "
-        "the warm-up/compile run traces the model (later hooks are ignored under torch.compile)",
-        "vLLM offers a post-load model hook for plugins",
-    ),
-    PatchRecord(
-        "vllm.v1.worker.cpu_model_runner.CPUModelRunner.load_model",
-        "same as GPUModelRunner.load_model: the CPU runner overrides it without calling super()",
-        "as above",
-    ),
-    PatchRecord(
-        "vllm.v1.worker.gpu.model_runner.GPUModelRunner.load_model (Model Runner V2, GPU only)",
-        "refuse to start: steering is implemented for the V1 runner, and an engine on V2 would "
-        "silently ignore every steering payload. `steer-serve serve` sets VLLM_USE_V2_MODEL_RUNNER=0",
-        "steering is ported to Model Runner V2",
-    ),
-    PatchRecord(
-        "vllm.v1.worker.gpu_model_runner.GPUModelRunner._update_states",
-        "register new requests' steering payload (SamplingParams.extra_args) when they first arrive",
-        "vLLM exposes per-request hooks to plugins",
-    ),
-    PatchRecord(
-        "vllm.v1.worker.gpu_model_runner.GPUModelRunner._on_request_state_removed",
-        "release a finished request's steering slot (vLLM's own hook point for request-scoped caches)",
-        "never: this is the intended extension point; we only chain onto it",
-    ),
-    PatchRecord(
-        "vllm.v1.worker.gpu_model_runner.GPUModelRunner._prepare_inputs",
-        "build the token->table-row index in the forward's final token order each step",
-        "vLLM exposes per-step token metadata to plugins (as it does for LoRA's token mapping)",
-    ),
-    PatchRecord(
-        f"vllm.v1.worker.gpu_worker.Worker.{STATS_METHOD} (added; CPUWorker inherits it)",
-        "answer `collective_rpc(\"steer_serve_stats\")` from the API process with this worker's steering "
-        "bookkeeping (GET /v1/steering/engine); collective_rpc looks worker methods up by name",
-        "vLLM's --worker-extension-cls is set by every launcher we support (it adds methods without a patch)",
-    ),
+_RUNNER = "vllm.v1.worker.gpu_model_runner"
+_BATCH = "vllm.v1.worker.gpu_input_batch"
+_API, _ENGINE = "api", "engine"
+_GUARD, _DEATH, _PLUGIN = "api/endpoint_guard.py", "api/engine_death.py", "api/plugin.py"
+_PATCHES, _HOOKS = "engine/worker_patches.py", "engine/layer_hooks.py"
+
+
+def _api(how: How, module: str, path: str, why: str, drop_when: str, ours: str, **extra: str) -> LedgerRecord:
+    return LedgerRecord(_API, how, Target(module, path), why, drop_when, ours, **extra)
+
+
+def _engine(how: How, module: str, path: str, why: str, drop_when: str, ours: str, **extra: str) -> LedgerRecord:
+    return LedgerRecord(_ENGINE, how, Target(module, path), why, drop_when, ours, **extra)
+
+
+LEDGER: tuple[LedgerRecord, ...] = (
+    # ---- API-server process -----------------------------------------------------------------
+    _api("wrap", "vllm.plugins", "load_endpoint_plugins",
+         f"raise when `{ENDPOINT_PLUGIN}` fails to load, instead of vLLM's log-and-continue, which would serve "
+         "every steered request unsteered", "vLLM makes endpoint plugin failures fatal or configurable", _GUARD),
+    _api("plant", "vllm.plugins", "load_endpoint_plugins.steer_serve_wrapper",
+         "marks our wrapper so that loading the general plugin twice wraps once", "the wrapper goes", _GUARD),
+    _api("rely", "vllm.plugins.endpoint_plugins.interface", "attach_endpoint_plugins",
+         "calls our plugin's `attach_router(app)` while vLLM builds the app: routes, middleware, OpenAPI",
+         "never: the endpoint-plugin interface is public", _PLUGIN, evidence="plugin.attach_router(app)"),
+    _api("rely", "vllm.plugins.endpoint_plugins.interface", "init_endpoint_plugins_state",
+         "calls our plugin's `init_state(engine_client, state, args)` once the engine client exists",
+         "never: the endpoint-plugin interface is public", _PLUGIN,
+         evidence="plugin.init_state(engine_client, state, args)"),
+    _api("plant", "starlette.datastructures", "State.steer_serve",
+         "`app.state.steer_serve` holds the API side's service (settings, library, presets, gateway, recorder)",
+         "never: app.state is the place for application state", _PLUGIN),
+    _api("replace", "fastapi", "FastAPI.openapi",
+         "on vLLM's app only: the generated schema gains `steering` on the completion requests, the served "
+         "model's bounds and the admin routes' bodies", "vLLM lets plugins extend request models and the schema",
+         "api/openapi_schema.py"),
+    _api("rely", "vllm.entrypoints.openai.completion.protocol", "CompletionRequest",
+         "the schema component named `CompletionRequest` gets `steering`; `vllm_xargs` and `cache_salt` carry "
+         "the payload and the salt", "as above", "api/openapi_schema.py", evidence="vllm_xargs"),
+    _api("rely", "vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionRequest",
+         "as for CompletionRequest: `vllm_xargs` becomes `SamplingParams.extra_args` (the worker reads it)",
+         "as above", "api/openapi_schema.py", evidence="extra_args: dict[str, Any] = self.vllm_xargs"),
+    _api("wrap", "vllm.v1.engine.async_llm", "AsyncLLM.shutdown",
+         "on the engine client instance only: marks a deliberate stop, so an EngineCore process that ends "
+         "without one is an engine death", "vLLM exits non-zero after an engine death", _DEATH),
+    _api("rely", "vllm.v1.engine.async_llm", "AsyncLLM.engine_core",
+         "engine_client.engine_core.resources.engine_manager.processes: the EngineCore processes to watch",
+         "vLLM exits non-zero after an engine death", _DEATH),
+    _api("rely", "vllm.v1.engine.core_client", "MPClient.resources", "as above", "as above", _DEATH),
+    _api("rely", "vllm.v1.engine.core_client", "BackgroundResources.engine_manager", "as above", "as above", _DEATH),
+    _api("rely", "vllm.v1.engine.utils", "CoreEngineProcManager.processes",
+         "the EngineCore `multiprocessing` processes whose sentinels the death watch waits on", "as above", _DEATH),
+    _api("rely", "vllm.entrypoints.launchers.launcher", "terminate_if_errored",
+         "vLLM's watchdog stops the server when the engine died; the process then exits normally",
+         "vLLM exits non-zero after an engine death", _DEATH, evidence="server.should_exit = True"),
+    _api("replace", "vllm.entrypoints.launchers.api_server.entry", "main",
+         "its exit status: after an engine death an atexit handler exits with 70 (EX_SOFTWARE) instead of 0, "
+         "so supervisors (systemd Restart=on-failure, ...) restart the server",
+         "vLLM exits non-zero after an engine death", _DEATH, evidence="uvloop.run(run_server(args))"),
+    _api("rely", "vllm.v1.engine.async_llm", "AsyncLLM.collective_rpc",
+         f"GET /v1/steering/engine calls the workers' `{STATS_METHOD}` by name (no pickled callable)",
+         "vLLM's --worker-extension-cls is set by every launcher we support", "api/engine_routes.py"),
+    _api("rely", "vllm.v1.engine.async_llm", "AsyncLLM.errored",
+         "GET /v1/steering/engine answers 503 instead of calling a dead engine", "never", "api/engine_routes.py"),
+    _api("rely", "vllm.config", "ModelConfig.hf_text_config",
+         "the served model's shape (layers, hidden size, heads, experts), read in both processes",
+         "never: vLLM's own view of the model config", "model_config.py"),
+    _api("rely", "vllm.config", "ModelConfig.served_model_name", "the model id in messages and metrics", "never",
+         "model_config.py"),
+    # ---- worker (engine) processes ----------------------------------------------------------
+    _engine("wrap", _RUNNER, "GPUModelRunner.load_model",
+            "allocate steering tables and install decoder-layer hooks after weights load and before the "
+            "warm-up/compile run traces the model (later hooks are ignored under torch.compile)",
+            "vLLM offers a post-load model hook for plugins", _PATCHES),
+    _engine("wrap", "vllm.v1.worker.cpu_model_runner", "CPUModelRunner.load_model",
+            "same as GPUModelRunner.load_model: the CPU runner overrides it without calling super()", "as above",
+            _PATCHES),
+    _engine("replace", "vllm.v1.worker.gpu.model_runner", "GPUModelRunner.load_model",
+            "Model Runner V2 (CUDA only): refuse to start, since steering is implemented for the V1 runner and V2 "
+            "would silently ignore every payload; `steer-serve serve` sets VLLM_USE_V2_MODEL_RUNNER=0",
+            "steering is ported to Model Runner V2", _PATCHES),
+    _engine("wrap", _RUNNER, "GPUModelRunner._update_states",
+            "register new requests' steering payload (SamplingParams.extra_args) when they first arrive",
+            "vLLM exposes per-request hooks to plugins", _PATCHES),
+    _engine("wrap", _RUNNER, "GPUModelRunner._on_request_state_removed",
+            "release a finished request's steering slot (vLLM's own hook point for request-scoped caches)",
+            "never: this is the intended extension point; we only chain onto it", _PATCHES),
+    _engine("wrap", _RUNNER, "GPUModelRunner._prepare_inputs",
+            "build the token -> table-row index in the forward's final token order each step",
+            "vLLM exposes per-step token metadata to plugins (as it does for LoRA's token mapping)", _PATCHES),
+    _engine("add", "vllm.v1.worker.gpu_worker", f"Worker.{STATS_METHOD}",
+            f"answer collective_rpc(\"{STATS_METHOD}\") with this worker's steering bookkeeping; collective_rpc "
+            "looks worker methods up by name (CPUWorker inherits it)",
+            "vLLM's --worker-extension-cls is set by every launcher we support", _PATCHES),
+    _engine("rely", "vllm.v1.worker.cpu_worker", "CPUWorker",
+            f"inherits `{STATS_METHOD}` from Worker", "as above", _PATCHES, evidence="(Worker)"),
+    _engine("plant", _RUNNER, "GPUModelRunner._steer_serve_patched",
+            "marks the class as patched, so loading the general plugin again patches nothing twice",
+            "the patches go", _PATCHES),
+    _engine("plant", _RUNNER, "GPUModelRunner._steer_serve_runtime",
+            "each model runner instance holds its SteeringRuntime (tables, slots, token rows)", "the patches go",
+            _PATCHES),
+    _engine("rely", "vllm.v1.core.sched.output", "SchedulerOutput.scheduled_new_reqs",
+            "new requests of the step, read after _update_states", "vLLM exposes per-request hooks to plugins",
+            _PATCHES),
+    _engine("rely", "vllm.v1.core.sched.output", "NewRequestData.sampling_params",
+            "its `extra_args[\"steer_serve\"]` is the payload the gateway wrote", "as above", _PATCHES),
+    _engine("rely", "vllm.sampling_params", "SamplingParams.extra_args",
+            "carries the payload from the API process to every worker (msgpack: one JSON string)",
+            "never: extra_args is vLLM's documented channel for plugins", _PATCHES),
+    _engine("rely", _RUNNER, "GPUModelRunner.input_batch", "the persistent batch, read in _prepare_inputs",
+            "vLLM exposes per-step token metadata to plugins", _PATCHES),
+    _engine("rely", _BATCH, "InputBatch.req_ids", "request ids in the step's order", "as above", _PATCHES),
+    _engine("rely", _BATCH, "InputBatch.num_reqs", "requests in the step", "as above", _PATCHES),
+    _engine("rely", _BATCH, "InputBatch.num_computed_tokens_cpu",
+            "tokens already computed per request: with the prompt length, tells prompt from generated tokens",
+            "as above", _PATCHES),
+    _engine("rely", _BATCH, "InputBatch.num_prompt_tokens", "prompt length per request", "as above", _PATCHES),
+    _engine("rely", _RUNNER, "GPUModelRunner.max_num_reqs", "slot capacity of the steering tables (max_num_seqs)",
+            "never", _PATCHES),
+    _engine("rely", _RUNNER, "GPUModelRunner.max_num_tokens", "length of the token -> row index", "never",
+            _PATCHES),
+    _engine("rely", "vllm.config", "CompilationMode.NONE",
+            "eager mode: hooks may skip kinds of edit no request of the step uses", "never", _PATCHES),
+    _engine("rely", "vllm.distributed", "get_tensor_model_parallel_rank",
+            "which heads this rank holds (the head-scale hook)", "never", _PATCHES),
+    _engine("rely", "vllm.platforms.interface", "Platform.is_cuda_alike",
+            "Model Runner V2 exists on CUDA-like platforms only", "steering is ported to Model Runner V2", _PATCHES),
+    _engine("rely", "vllm.model_executor.models.llama", "LlamaDecoderLayer.forward",
+            "Llama-family decoder layers return `(hidden, residual)` and the stream after the layer is their sum: "
+            "the residual hook edits `residual`", "vLLM offers steering/intervention hooks", _HOOKS,
+            evidence="return hidden_states, residual"),
+    _engine("rely", "vllm.model_executor.models.llama", "LlamaAttention.o_proj",
+            "`self_attn.o_proj`: its input is the per-head attention output the head-scale pre-hook scales",
+            "as above", _HOOKS),
+    _engine("rely", "vllm.model_executor.layers.fused_moe.router.gate_linear", "GateLinear",
+            "the MoE router is found by class name (`GateLinear` named `gate`); its output logits get the "
+            "router bias before vLLM's top-k", "as above", _HOOKS),
+    _engine("rely", "vllm.model_executor.models.mixtral", "MixtralMoE.gate",
+            "Mixtral's router is a GateLinear (as are Qwen2-MoE's and OLMoE's)", "as above", _HOOKS,
+            evidence="self.gate = GateLinear("),
 )
+
+
+def markdown_table() -> str:
+    """The table plugins/README.md carries (regenerate with `--markdown`)."""
+    lines = ["| process | how | vLLM symbol | why | drop when | checked | ours |", "|---|---|---|---|---|---|---|"]
+    for record in LEDGER:
+        upstream = f" ([upstream]({record.upstream}))" if record.upstream else ""
+        lines.append(f"| {record.process} | {record.how} | `{record.target}` | {record.why}{upstream} | "
+                     f"{record.drop_when} | {', '.join(record.versions)} | `{record.ours}` |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--markdown", action="store_true", help="print plugins/README.md's ledger table")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_table(), end="")
+    else:
+        parser.print_help()
+
+
+if __name__ == "__main__":
+    main()

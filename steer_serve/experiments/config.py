@@ -2,18 +2,19 @@
 
 Strict (`extra="forbid"`) so that a misspelt key is an error at start or reload rather than an
 experiment that silently runs with a default. Arm interventions are kept as raw dicts here and
-validated by the same path as a request's `steering` (see `arm_selector.resolve_arms`), so the
+validated by the same path as a request's `steering` (see `arm_selector.resolve_experiment`), so the
 two can never disagree about what an intervention is.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from steer_serve.request.errors import describe_validation_error
 
 KEY_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -98,7 +99,7 @@ def load_experiment(path: Path) -> ExperimentConfig:
     try:
         config = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ExperimentConfigError(f"{path}: {_describe(exc)}") from None
+        raise ExperimentConfigError(f"{path}: {describe_validation_error(exc, whole='(top level)')}") from None
     if config.key != path.stem:
         raise ExperimentConfigError(f"{path}: key {config.key!r} must equal the file name {path.stem!r}")
     return config
@@ -110,11 +111,3 @@ def load_experiments(directory: Path) -> list[ExperimentConfig]:
         raise ExperimentConfigError(f"experiments directory {directory} does not exist")
     files = sorted(p for p in directory.iterdir() if p.suffix in YAML_SUFFIXES and p.is_file())
     return sorted((load_experiment(path) for path in files), key=lambda config: config.key)
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in error["loc"] if not re.match(r"^(function-|literal\[|str$)", str(part)))
-        parts.append(f"{where or '(top level)'}: {error['msg']}")
-    return "; ".join(parts)

@@ -9,12 +9,12 @@ skipped), so a kill switch reaches all processes within about a second. Writers 
 from __future__ import annotations
 
 import fcntl
-import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
+
+from steer_serve.files import ChangePoller, atomic_write
 
 
 class ControlState(BaseModel):
@@ -31,16 +31,14 @@ class ControlState(BaseModel):
 class ControlFile:
     def __init__(self, path: Path, poll_s: float = 1.0) -> None:
         self.path = path
-        self.poll_s = poll_s
         self._state = ControlState()
-        self._mtime_ns: int | None = None
-        self._checked_at = float("-inf")
+        self._poller = ChangePoller(self._mtime_ns, poll_s)  # unmarked: the first call reads the file
 
     def current(self) -> ControlState:
-        now = time.monotonic()
-        if now - self._checked_at >= self.poll_s:
-            self._checked_at = now
-            self._refresh()
+        if self._poller.changed():
+            mtime = self._mtime_ns()  # before reading: a write during the read is seen next time
+            self._state = self._read()
+            self._poller.mark(mtime)
         return self._state
 
     def update(self, change: Callable[[ControlState], ControlState]) -> ControlState:
@@ -49,20 +47,16 @@ class ControlFile:
         with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             state = change(self._read())
-            temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            temporary.write_text(state.model_dump_json())
-            os.replace(temporary, self.path)
-        self._checked_at = float("-inf")
-        return self.current()
+            atomic_write(self.path, state.model_dump_json().encode())
+            self._state = state
+            self._poller.mark(self._mtime_ns())
+        return state
 
-    def _refresh(self) -> None:
+    def _mtime_ns(self) -> int | None:
         try:
-            mtime = self.path.stat().st_mtime_ns
+            return self.path.stat().st_mtime_ns
         except FileNotFoundError:
-            self._state, self._mtime_ns = ControlState(), None
-            return
-        if mtime != self._mtime_ns:
-            self._state, self._mtime_ns = self._read(), mtime
+            return None
 
     def _read(self) -> ControlState:
         try:

@@ -16,11 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from steer_serve.library.library_files import DirectoryWatch, Signature, scan
+from steer_serve.files import ChangePoller
+from steer_serve.library.library_files import Signature, scan
 
 logger = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
+
+
+class NameTaken(Exception):
+    """Registration under a name that is already in use (pass replace=True to swap it)."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class NamedFileStore(ABC, Generic[Item]):
     def __init__(self, directory: Path, poll_s: float) -> None:
         self.directory = Path(directory)
         self._lock = threading.RLock()
-        self._watch = DirectoryWatch(self.directory, self._all_suffixes(), poll_s)
+        self._watch = ChangePoller(lambda: scan(self.directory, self._all_suffixes()), poll_s)
         self._cache: dict[tuple[Any, ...], Item | str] = {}
         self._snapshot: Snapshot[Item] = Snapshot({}, {})
         with self._lock:
@@ -75,7 +80,7 @@ class NamedFileStore(ABC, Generic[Item]):
         if not self._lock.acquire(blocking=False):
             return False  # a writer is busy; it reloads when done
         try:
-            if self._watch.changed() is None:
+            if not self._watch.changed():
                 return False
             self._reload()
             return True

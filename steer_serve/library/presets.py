@@ -26,9 +26,10 @@ from typing import Any, Callable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
-from steer_serve.library.library_files import atomic_write, check_name, remove
-from steer_serve.library.named_store import NamedFileStore
-from steer_serve.request.errors import field_path
+from steer_serve.files import atomic_write, remove
+from steer_serve.library.library_files import check_name
+from steer_serve.library.named_store import NamedFileStore, NameTaken
+from steer_serve.request.errors import describe_validation_error
 from steer_serve.request.steering_spec import SteeringSpec
 
 logger = logging.getLogger(__name__)
@@ -39,10 +40,6 @@ STORED_SUFFIX = ".json"  # what runtime registration writes
 
 class PresetError(ValueError):
     """A preset that cannot be used; the message names the preset and the field."""
-
-
-class NameTaken(Exception):
-    """A preset with this name exists (pass replace=True to swap it)."""
 
 
 class PresetBody(BaseModel):
@@ -78,19 +75,14 @@ def parse_preset(name: str, raw: Any, path: Path) -> Preset:
     try:
         body = PresetBody.model_validate(raw)
     except ValidationError as exc:
-        raise PresetError(f"preset {name!r}: {_describe(exc)}") from None
+        raise PresetError(f"preset {name!r}: {describe_validation_error(exc)}") from None
     if body.name is not None and body.name != name:
         raise PresetError(f"preset {name!r}: `name` is {body.name!r} but must equal the file name {name!r}")
     try:
         spec = SteeringSpec.model_validate({"interventions": body.interventions})
     except ValidationError as exc:
-        raise PresetError(f"preset {name!r}: {_describe(exc)}") from None
+        raise PresetError(f"preset {name!r}: {describe_validation_error(exc)}") from None
     return Preset(name, body.description, spec, body.interventions, path)
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = [f"{field_path(error['loc']) or 'body'}: {error['msg']}" for error in exc.errors(include_url=False)]
-    return "; ".join(dict.fromkeys(parts))
 
 
 class PresetLibrary(NamedFileStore[Preset]):

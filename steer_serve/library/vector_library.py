@@ -25,9 +25,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from steer_serve.library.library_files import Signature, atomic_write, check_name, remove
+from steer_serve.files import atomic_write, remove
+from steer_serve.library.library_files import Signature, check_name
 from steer_serve.model_shape import ModelShape
-from steer_serve.library.named_store import NamedFileStore, Snapshot
+from steer_serve.library.named_store import NamedFileStore, NameTaken, Snapshot
 from steer_serve.library.steering_vector import SteeringVector
 from steer_serve.library.vector_formats import SUFFIXES, VectorFormatError, read_vector, read_vector_bytes, vector_bytes
 
@@ -39,10 +40,6 @@ MAX_METADATA_KEYS = 64
 MAX_METADATA_VALUE = 4096
 RECORD_FIELDS = ("model_id", "hidden_size", "layers", "method", "source_data", "created", "content_sha256",
                  "description")
-
-
-class NameTaken(Exception):
-    """Registration under a name that is already in use (pass replace=True to swap it)."""
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""The request path's one error type and its one way of turning pydantic errors into a message.
+"""The request path's one error type, and the one way pydantic errors become a message.
 
 Requests, presets and experiment arms all validate a `steering` object through `parse_steering`
 and report problems as `SteeringError(message, param)`; the API answers it as a 400 naming
-`param`.
+`param`. `describe_validation_error` words every pydantic error the product reports (requests,
+presets, experiment files, admin bodies, datasets).
 """
 
 from __future__ import annotations
@@ -36,14 +37,14 @@ def parse_steering(raw: Any) -> SteeringSpec:
         raise SteeringError("invalid steering: " + describe_validation_error(exc, FIELD), FIELD) from None
 
 
-def describe_validation_error(exc: ValidationError, root: str = "") -> str:
+def describe_validation_error(exc: ValidationError, root: str = "", whole: str = "body") -> str:
     """One entry per offending field, e.g. `steering.interventions[0].scale: Input should be ...`.
 
-    `root` prefixes every path (an empty path reads as `root`, or `body` without one); at most
-    MAX_ERRORS_SHOWN fields are listed."""
+    `root` prefixes every path; an error about the whole object is reported under `root`, or
+    under `whole` without one. At most MAX_ERRORS_SHOWN fields are listed."""
     messages: dict[str, list[str]] = {}
     for error in exc.errors(include_url=False):
-        messages.setdefault(field_path(error["loc"], root) or "body", []).append(error["msg"])
+        messages.setdefault(field_path(error["loc"], root) or whole, []).append(error["msg"])
     parts = [f"{path}: {' / '.join(dict.fromkeys(msgs))}" for path, msgs in messages.items()]
     more = f" (and {len(parts) - MAX_ERRORS_SHOWN} more)" if len(parts) > MAX_ERRORS_SHOWN else ""
     return "; ".join(parts[:MAX_ERRORS_SHOWN]) + more

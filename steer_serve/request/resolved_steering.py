@@ -138,11 +138,3 @@ class SteeringBuilder:
                 for (l, p), (d, f) in sorted(self.routing.items())
             ),
         )
-
-
-def combine_additions(additions: list[LayerAddition]) -> ResolvedSteering:
-    """Sum additions that target the same (layer, positions); order the result canonically."""
-    builder = SteeringBuilder()
-    for add in additions:
-        builder.add(add.layer, add.positions, add.vector)
-    return builder.build()

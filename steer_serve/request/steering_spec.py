@@ -12,13 +12,14 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
 
+from steer_serve.request.resolved_steering import Positions
+
 # Hard caps that hold before the model is known; model-dependent limits are checked on resolution.
 MAX_INLINE_VALUES = 65536
 MAX_LAYERS_PER_INTERVENTION = 1024
 MAX_NAME_LENGTH = 128
 
 Number = Union[StrictInt, StrictFloat]
-Positions = Literal["all", "prompt", "generated"]
 
 
 # Layer and head keys: ASCII digits only (str.isdigit() also accepts '²', which int() refuses) and

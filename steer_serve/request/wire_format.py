@@ -17,7 +17,7 @@ import numpy as np
 from steer_serve.request.resolved_steering import ExpertRouting, HeadScales, LayerAddition, LayerProjection, ResolvedSteering
 
 EXTRA_ARGS_KEY = "steer_serve"
-_VERSION = 1
+_VERSION = 2  # 2: additions under `add` (each with its `vector`), formerly `ops` (each with `add`)
 
 
 def _pack(values: np.ndarray) -> str:
@@ -32,7 +32,7 @@ def encode(steering: ResolvedSteering) -> str:
     payload: dict[str, Any] = {
         "v": _VERSION,
         "fingerprint": steering.fingerprint,
-        "ops": [{"layer": a.layer, "positions": a.positions, "add": _pack(a.vector)} for a in steering.additions],
+        "add": [{"layer": a.layer, "positions": a.positions, "vector": _pack(a.vector)} for a in steering.additions],
         "proj": [
             {"layer": p.layer, "positions": p.positions, "dir": _pack(p.direction), "value": p.value}
             for p in steering.projections
@@ -52,7 +52,7 @@ def decode(payload: str) -> tuple[str, ResolvedSteering]:
     if data.get("v") != _VERSION:
         raise ValueError(f"unsupported steer_serve payload version {data.get('v')!r}")
     steering = ResolvedSteering(
-        additions=tuple(LayerAddition(int(o["layer"]), o["positions"], _unpack(o["add"])) for o in data["ops"]),
+        additions=tuple(LayerAddition(int(a["layer"]), a["positions"], _unpack(a["vector"])) for a in data["add"]),
         projections=tuple(
             LayerProjection(int(p["layer"]), p["positions"], _unpack(p["dir"]), float(p["value"]))
             for p in data.get("proj", [])

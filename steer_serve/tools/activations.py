@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from steer_serve.request.errors import describe_validation_error
+
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -97,11 +99,6 @@ class TextExample(BaseModel):
         return self.text if self.text is not None else self.messages  # type: ignore[return-value]
 
 
-def _short(exc: ValidationError) -> str:
-    """One-line summary of a pydantic error (the default message spans many lines)."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in exc.errors())
-
-
 def _load_jsonl(path: Path, model: type[BaseModel], what: str) -> list[Any]:
     items: list[Any] = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -112,7 +109,7 @@ def _load_jsonl(path: Path, model: type[BaseModel], what: str) -> list[Any]:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path.name} line {number}: invalid JSON ({exc.msg})") from exc
         except ValidationError as exc:
-            raise ValueError(f"{path.name} line {number}: invalid {what}: {_short(exc)}") from exc
+            raise ValueError(f"{path.name} line {number}: invalid {what}: {describe_validation_error(exc, whole='line')}") from exc
     if not items:
         raise ValueError(f"{path.name}: no {what}s")
     return items

@@ -19,18 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from steer_serve.tools.activations import (  # re-exported: the dataset types used to live here
-    POSITIONS,
-    ChatMessage,
+from steer_serve.tools.activations import (
     ContrastivePair,
-    Position,
     TextExample,
-    capture_layers,
     collect_activations,
     decoder_layers,
     file_sha256,
     items_digest,
-    layer_output,
     load_model,
     load_pairs,
     load_texts,
@@ -41,16 +36,9 @@ from steer_serve.tools.extraction_methods import difference_of_means, mean_centr
 from steer_serve.library.steering_vector import SteeringVector
 from steer_serve.library.vector_formats import write_vector
 
-__all__ = [
-    "METHOD", "METHODS", "POSITIONS", "ChatMessage", "ContrastivePair", "Position", "TextExample", "capture_layers",
-    "decoder_layers", "extract", "extract_difference_of_means", "extract_to_file", "layer_output", "load_pairs",
-    "load_texts", "render",
-]
-
 METHODS: tuple[str, ...] = ("diff_means", "mean_centred", "pca")
 # The name written into the vector's metadata (difference_of_means predates the other methods).
 METHOD_LABELS = {"diff_means": "difference_of_means", "mean_centred": "mean_centred", "pca": "pca_of_differences"}
-METHOD = METHOD_LABELS["diff_means"]
 
 
 def extract(
@@ -107,18 +95,6 @@ def extract(
     return SteeringVector(
         directions={layer: d.astype(np.float32) for layer, d in directions.items()}, metadata=metadata
     )
-
-
-def extract_difference_of_means(
-    model_dir: Path,
-    pairs: Sequence[ContrastivePair],
-    layers: list[int],
-    position: str = "last",
-    *,
-    source: Path | None = None,
-) -> SteeringVector:
-    """mean(positive) - mean(negative) of each layer's output, one direction per layer."""
-    return extract(model_dir, pairs, layers, position, method="diff_means", source=source)
 
 
 def extract_to_file(

@@ -8,7 +8,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from steer_serve import metrics
-from steer_serve.experiments.exposure_recorder import ExposureRecorder
+from steer_serve.experiments.request_recorder import RequestRecorder
 from steer_serve.experiments.jsonl_log import read_records
 from steer_serve.experiments.response_observer import Observation
 from steer_serve_vllm.api.gateway import RequestGateway
@@ -40,7 +40,7 @@ def test_recorder_fills_series_per_arm_and_logs_only_experiment_requests(tmp_pat
     resolve = resolver(tmp_path, v=vector())
     gateway = RequestGateway(resolve, selector(write_experiments(tmp_path / "exp", experiment("rec", two_arms(ADD))), resolve))
     log = tmp_path / "exposures.jsonl"
-    recorder = ExposureRecorder("tiny", log)
+    recorder = RequestRecorder("tiny", log)
     seen = Observation("chatcmpl-7", 200, False, True, 0.02, 0.3, 5, "chunks", "length")
     for user in ("alice-secret", "bob-secret", "carol-secret", "dave-secret", "erin-secret"):
         decision = gateway.prepare("/v1/chat/completions", json.dumps({"user": user}).encode(), {})

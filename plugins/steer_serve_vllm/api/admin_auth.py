@@ -1,5 +1,4 @@
-"""The admin-key check shared by every admin route (experiments, vector library, presets), and
-the OpenAI-shaped error response those routes answer with.
+"""The admin-key check shared by every admin route (experiments, vector library, presets).
 
 The key comes from `Settings.admin_key` (`steer-serve serve --admin-key` or STEER_SERVE_ADMIN_KEY)
 and is sent as `Authorization: Bearer KEY`: 401 without it, 403 with a wrong one, and 403 when
@@ -14,9 +13,7 @@ import secrets
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-
-def error_response(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}}, status_code=status)
+from steer_serve_vllm.api.errors import error_response
 
 
 def admin_refusal(request: Request) -> JSONResponse | None:

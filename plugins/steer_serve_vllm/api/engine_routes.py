@@ -13,7 +13,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from steer_serve.engine_stats import EngineSteeringStats, WorkerSteeringStats
-from steer_serve_vllm.api.admin_auth import admin_refusal, error_response
+from steer_serve_vllm.api.admin_auth import admin_refusal
+from steer_serve_vllm.api.errors import error_response
 from steer_serve_vllm.names import STATS_METHOD
 
 router = APIRouter(tags=["steering engine"])

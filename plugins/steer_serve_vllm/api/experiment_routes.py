@@ -18,8 +18,9 @@ from steer_serve.experiments.control_state import ControlState
 from steer_serve.experiments.jsonl_log import append_record, read_records
 from steer_serve.experiments.records import Feedback, FeedbackIn
 from steer_serve.experiments.results import compute_results
+from steer_serve.request.errors import describe_validation_error
 from steer_serve_vllm.api.admin_auth import admin_refusal as _admin_refusal
-from steer_serve_vllm.api.admin_auth import error_response as _error
+from steer_serve_vllm.api.errors import error_response as _error
 
 router = APIRouter(tags=["steering experiments"])
 ALL = "all"
@@ -50,8 +51,7 @@ async def _json_body(request: Request, model: type[BaseModel]) -> BaseModel | JS
     try:
         return model.model_validate(await request.json())
     except ValueError as exc:  # pydantic's ValidationError and JSON decoding errors are both ValueErrors
-        message = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors(
-            include_url=False)) if isinstance(exc, ValidationError) else f"body is not JSON: {exc}"
+        message = describe_validation_error(exc) if isinstance(exc, ValidationError) else f"body is not JSON: {exc}"
         return _error(400, message, "BadRequestError")
 
 

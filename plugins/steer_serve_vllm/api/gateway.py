@@ -20,6 +20,7 @@ from steer_serve.request import wire_format
 from steer_serve.request.resolved_steering import ResolvedSteering
 from steer_serve.request.errors import FIELD, SteeringError, parse_steering
 from steer_serve.request.steering_resolver import SteeringResolver
+from steer_serve_vllm.api.errors import error_body
 
 if TYPE_CHECKING:
     from steer_serve.experiments.arm_selector import ArmSelector, Assignment
@@ -37,8 +38,7 @@ class Rejection:
     status: int = 400
 
     def body(self) -> bytes:
-        error = {"message": self.message, "type": "BadRequestError", "param": self.param, "code": self.status}
-        return json.dumps({"error": error}).encode()
+        return json.dumps(error_body(self.status, self.message, "BadRequestError", self.param)).encode()
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
-from steer_serve.library.presets import NameTaken as PresetNameTaken
-from steer_serve.library.vector_library import NameTaken as VectorNameTaken
-from steer_serve_vllm.api.admin_auth import admin_refusal, error_response
+from steer_serve.library.named_store import NameTaken
+from steer_serve_vllm.api.admin_auth import admin_refusal
+from steer_serve_vllm.api.errors import error_response
 
 logger = logging.getLogger(f"vllm.{__name__}")
 
@@ -139,7 +139,7 @@ async def register_vector(request: Request) -> Any:
         await form.close()
     try:
         entry = await asyncio.to_thread(service.library.register, name, data, metadata=metadata, replace=replace)
-    except VectorNameTaken as exc:
+    except NameTaken as exc:
         return error_response(409, str(exc), "ConflictError", "name")
     except ValueError as exc:  # VectorFormatError, misfit, bad name, bad metadata
         return _bad(f"vector not registered: {exc}", _param_of(str(exc)))
@@ -205,7 +205,7 @@ async def create_preset(request: Request) -> Any:
     presets = _service(request).presets
     try:
         preset = await asyncio.to_thread(presets.register, body, replace=replace)
-    except PresetNameTaken as exc:
+    except NameTaken as exc:
         return error_response(409, str(exc), "ConflictError", "name")
     except ValueError as exc:
         return _bad(f"preset not created: {exc}", "interventions")

@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from steer_serve import metrics
 from steer_serve.experiments.arm_selector import ArmSelector
 from steer_serve.experiments.control_state import ControlFile
-from steer_serve.experiments.exposure_recorder import ExposureRecorder
+from steer_serve.experiments.request_recorder import RequestRecorder
 from steer_serve.model_shape import ModelShape
 from steer_serve.library.presets import PresetLibrary
 from steer_serve_vllm.model_config import model_shape
@@ -46,7 +46,7 @@ class SteeringService:
     library: VectorLibrary
     presets: PresetLibrary
     gateway: RequestGateway
-    recorder: ExposureRecorder
+    recorder: RequestRecorder
     rejections: Counter = field(default_factory=Counter)
 
     def count_rejection(self, rejection: Rejection) -> None:
@@ -102,7 +102,7 @@ class SteerServeEndpointPlugin:
         resolver = plain.with_presets(presets)
         arms = _load_experiments(settings, resolver)
         gateway = RequestGateway(resolver, arms)
-        recorder = ExposureRecorder(shape.model_id, settings.exposure_log_path if arms else None)
+        recorder = RequestRecorder(shape.model_id, settings.exposure_log_path if arms else None)
         state.steer_serve = SteeringService(settings, shape, library, presets, gateway, recorder)
         logger.info("steer-serve: API ready for %s (%d vectors, %d presets)", shape, len(library), len(presets))
 

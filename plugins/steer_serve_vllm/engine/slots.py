@@ -1,7 +1,8 @@
 """Engine-side slots: which row of the steering tables holds which steering configuration.
 
 Requests with the same fingerprint share a slot. Slot 0 is reserved for "no steering" (its
-rows stay zero), so padded and unsteered tokens simply index row 0. Slots are a cache over
+rows are the identity edit: zero addition and projections, head scale 1, no router bias; see
+tables.py), so padded and unsteered tokens simply index row 0. Slots are a cache over
 the configurations of live requests: a batch never holds more distinct configurations than
 requests, and the capacity is max_num_seqs, so the configurations of one batch always fit;
 configurations not in the current batch are evicted least-recently-used when space runs out.

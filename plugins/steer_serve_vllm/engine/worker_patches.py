@@ -13,7 +13,6 @@ import logging
 from typing import Any, Callable
 
 from steer_serve.settings import Settings
-from steer_serve_vllm.ledger import LEDGER
 from steer_serve_vllm.names import STATS_METHOD
 from steer_serve_vllm.engine.layer_hooks import find_decoder_layers, install_hooks
 from steer_serve_vllm.model_config import model_shape
@@ -31,27 +30,30 @@ def apply_worker_patches() -> None:
     runner_cls = gpu_model_runner.GPUModelRunner
     if getattr(runner_cls, "_steer_serve_patched", False):
         return
-    _wrap(runner_cls, "load_model", _after_load_model)
+    patched = [_wrap(runner_cls, "load_model", _after_load_model)]
     try:
         from vllm.v1.worker.cpu_model_runner import CPUModelRunner
     except ImportError:  # CUDA wheel without the CPU runner
         CPUModelRunner = None
     if CPUModelRunner is not None and "load_model" in vars(CPUModelRunner):
-        _wrap(CPUModelRunner, "load_model", _after_load_model)
-    _refuse_model_runner_v2()
-    _wrap(runner_cls, "_update_states", _after_update_states)
-    _wrap(runner_cls, "_on_request_state_removed", _after_request_removed)
-    _wrap(runner_cls, "_prepare_inputs", _after_prepare_inputs)
-    _add_stats_method()
+        patched.append(_wrap(CPUModelRunner, "load_model", _after_load_model))
+    patched += _refuse_model_runner_v2()
+    patched += [_wrap(runner_cls, name, after) for name, after in (
+        ("_update_states", _after_update_states),
+        ("_on_request_state_removed", _after_request_removed),
+        ("_prepare_inputs", _after_prepare_inputs),
+    )]
+    patched.append(_add_stats_method())
     runner_cls._steer_serve_patched = True
-    logger.info("steer-serve: patched %d vLLM model-runner symbols", len(LEDGER))
+    logger.info("steer-serve: patched %d vLLM worker symbols (%s); see steer_serve_vllm/ledger.py",
+                len(patched), ", ".join(patched))
 
 
-def _refuse_model_runner_v2() -> None:
+def _refuse_model_runner_v2() -> list[str]:
     from vllm.platforms import current_platform
 
     if not current_platform.is_cuda_alike():
-        return  # V2 needs Triton GPU kernels; other platforms always run V1 (and importing V2 is slow)
+        return []  # V2 needs Triton GPU kernels; other platforms always run V1 (and importing V2 is slow)
     from vllm.v1.worker.gpu import model_runner as v2
 
     def load_model(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -61,14 +63,16 @@ def _refuse_model_runner_v2() -> None:
         )
 
     v2.GPUModelRunner.load_model = load_model
+    return ["v2.GPUModelRunner.load_model"]
 
 
-def _add_stats_method() -> None:
+def _add_stats_method() -> str:
     from vllm.v1.worker.gpu_worker import Worker
 
     if STATS_METHOD in vars(Worker):
         raise RuntimeError(f"vLLM's Worker already defines {STATS_METHOD!r}; steer-serve would shadow it")
     setattr(Worker, STATS_METHOD, worker_stats)
+    return f"Worker.{STATS_METHOD}"
 
 
 def worker_stats(worker: Any) -> dict[str, int] | None:
@@ -78,7 +82,7 @@ def worker_stats(worker: Any) -> dict[str, int] | None:
     return None if runtime is None else runtime.stats(worker.rank).model_dump()
 
 
-def _wrap(cls: type, name: str, after: Callable[..., None]) -> None:
+def _wrap(cls: type, name: str, after: Callable[..., None]) -> str:
     original = vars(cls)[name]
 
     @functools.wraps(original)
@@ -89,6 +93,7 @@ def _wrap(cls: type, name: str, after: Callable[..., None]) -> None:
 
     wrapper.steer_serve_wrapper = True  # type: ignore[attr-defined]
     setattr(cls, name, wrapper)
+    return f"{cls.__name__}.{name}"
 
 
 def runtime_of(runner: Any) -> SteeringRuntime | None:

@@ -46,7 +46,7 @@ def test_valid_file_loads_sorted_by_key(tmp_path) -> None:
     ({"arms": [{"name": "c", "weight": 0, "control": True}, {"name": "t", "weight": 0, "interventions": ADD}]},
      "at least one arm needs a positive weight"),
     ({"arms": [{"name": "c", "weight": -1, "control": True}, {"name": "t", "weight": 1, "interventions": ADD}]},
-     "arms.0.weight: Input should be greater than or equal to 0"),
+     "arms[0].weight: Input should be greater than or equal to 0"),
     ({"unit": {"header": "x-s", "extra": 1}}, "unit.HeaderUnit.extra: Extra inputs are not permitted"),
 ])
 def test_bad_files_name_the_file_and_field(tmp_path, change, message) -> None:

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from steer_serve.library.presets import NameTaken, PresetError, PresetLibrary
+from steer_serve.library.named_store import NameTaken
+from steer_serve.library.presets import PresetError, PresetLibrary
 from steer_serve_vllm.api.gateway import Rejection, RequestGateway
 from steer_serve.request.errors import SteeringError, parse_steering
 from steer_serve.settings import Settings

@@ -44,7 +44,7 @@ import pytest  # noqa: E402
 
 from steer_serve.library.library_files import check_name  # noqa: E402
 from steer_serve.library.vector_formats import VectorFormatError, vector_bytes  # noqa: E402
-from steer_serve.library.vector_library import NameTaken  # noqa: E402
+from steer_serve.library.named_store import NameTaken  # noqa: E402
 
 
 def _bytes(value, suffix: str = ".safetensors") -> bytes:

@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 
 from steer_serve.request import wire_format
-from steer_serve.request.resolved_steering import LayerAddition, combine_additions
+from harness.libraries import combine_additions
+from steer_serve.request.resolved_steering import LayerAddition
 
 
 def test_encode_decode_is_exact() -> None:

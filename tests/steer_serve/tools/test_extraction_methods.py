@@ -18,7 +18,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from steer_serve.cli import main
-from steer_serve.tools.extraction import ContrastivePair, TextExample, extract, extract_to_file, load_texts
+from steer_serve.tools.activations import ContrastivePair, TextExample, load_texts
+from steer_serve.tools.extraction import extract, extract_to_file
 from steer_serve.library.vector_formats import read_vector
 from harness.threads import single_thread
 

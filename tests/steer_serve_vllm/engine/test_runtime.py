@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from steer_serve.request import wire_format
-from steer_serve.request.resolved_steering import LayerAddition, combine_additions
+from harness.libraries import combine_additions
+from steer_serve.request.resolved_steering import LayerAddition
 from steer_serve.model_shape import ModelShape
 from steer_serve_vllm.engine.runtime import SteeringRuntime
 

@@ -1,5 +1,6 @@
-"""After each completion response: Prometheus series for every request, an exposure line for
-requests served an experiment arm (control included). Called by the API middleware."""
+"""After each completion response: Prometheus series for every request (steered, unsteered, in an
+experiment or not), and an exposure line for requests served an experiment arm (control
+included). Called by the API middleware."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from steer_serve.experiments.response_observer import Observation
 logger = logging.getLogger(__name__)
 
 
-class ExposureRecorder:
+class RequestRecorder:
+    """Records every completion request's metrics, and the exposure of those in an experiment."""
+
     def __init__(self, model: str, log_path: Path | None) -> None:
         self.model = model
         self.log_path = log_path
