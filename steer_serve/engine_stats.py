@@ -7,15 +7,20 @@ its slot being released stays counted in `live_requests` / `live_configurations`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pydantic import BaseModel, ConfigDict, NonNegativeInt
 
 
 class WorkerSteeringStats(BaseModel):
-    """One worker (one tensor-parallel rank): its steering runtime's bookkeeping."""
+    """One worker (one rank of one engine): its steering runtime's bookkeeping."""
 
     model_config = ConfigDict(extra="forbid")
 
-    rank: NonNegativeInt
+    rank: NonNegativeInt  # the worker's rank in its engine (tensor x pipeline parallel)
+    dp_rank: NonNegativeInt = 0  # which data-parallel engine
+    pp_rank: NonNegativeInt = 0  # pipeline stage
+    tp_rank: NonNegativeInt = 0  # tensor-parallel rank within the stage
     live_requests: NonNegativeInt  # steered requests the worker holds state for
     live_configurations: NonNegativeInt  # distinct steering fingerprints among them
     resident_slots: NonNegativeInt  # table slots holding a configuration (an LRU cache over live ones)
@@ -24,7 +29,7 @@ class WorkerSteeringStats(BaseModel):
 
 
 class EngineSteeringStats(BaseModel):
-    """Every worker's stats, in rank order."""
+    """Every worker's stats, in (data-parallel engine, rank) order."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -33,8 +38,16 @@ class EngineSteeringStats(BaseModel):
 
     @property
     def live_requests(self) -> int:
-        return max((w.live_requests for w in self.workers), default=0)
+        """Requests with steering state in the engine: every rank of one data-parallel engine holds
+        the same requests (max), the engines hold different ones (sum)."""
+        return self._per_engine_sum(lambda w: w.live_requests)
 
     @property
     def live_configurations(self) -> int:
-        return max((w.live_configurations for w in self.workers), default=0)
+        return self._per_engine_sum(lambda w: w.live_configurations)
+
+    def _per_engine_sum(self, count: Callable[[WorkerSteeringStats], int]) -> int:
+        per_engine: dict[int, int] = {}
+        for worker in self.workers:
+            per_engine[worker.dp_rank] = max(per_engine.get(worker.dp_rank, 0), count(worker))
+        return sum(per_engine.values())

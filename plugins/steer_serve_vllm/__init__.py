@@ -6,14 +6,29 @@ idempotent. All work lives in `api/` (API-server process) and `engine/` (worker 
 """
 
 
+ENGINE_PLUGIN_REGISTERED = False  # set in every process where vLLM ran our general plugin
+
+
 def register_engine_plugin() -> None:
-    """`vllm.general_plugins`: patch the model runner (effective in worker processes) and make a
-    failed endpoint plugin fatal (effective in the API process)."""
+    """`vllm.general_plugins`: patch the model runner (effective in worker processes), put our
+    settings into the compile-cache key, pin the V1 runner on CUDA, and make sure the endpoint
+    plugin serves `steering` (effective in the API process, where this runs before vLLM parses
+    its arguments)."""
+    import os
+
+    from vllm.platforms import current_platform
+
     from steer_serve_vllm.api.endpoint_guard import guard_endpoint_plugin_loading
+    from steer_serve_vllm.engine.compile_cache_key import salt_compile_cache_key
+    from steer_serve_vllm.engine.model_runner_choice import pin_v1_model_runner
     from steer_serve_vllm.engine.worker_patches import apply_worker_patches
 
+    global ENGINE_PLUGIN_REGISTERED
+    pin_v1_model_runner(os.environ, current_platform.is_cuda_alike())
     guard_endpoint_plugin_loading()
+    salt_compile_cache_key()
     apply_worker_patches()
+    ENGINE_PLUGIN_REGISTERED = True
 
 
 def make_endpoint_plugin():  # noqa: ANN201 - returns vLLM's EndpointPlugin protocol object

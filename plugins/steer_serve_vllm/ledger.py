@@ -70,7 +70,28 @@ LEDGER: tuple[LedgerRecord, ...] = (
     # ---- API-server process -----------------------------------------------------------------
     _api("wrap", "vllm.plugins", "load_endpoint_plugins",
          f"raise when `{ENDPOINT_PLUGIN}` fails to load, instead of vLLM's log-and-continue, which would serve "
-         "every steered request unsteered", "vLLM makes endpoint plugin failures fatal or configurable", _GUARD),
+         "every steered request unsteered; add it when VLLM_PLUGINS does not name it (vLLM loads endpoint "
+         "plugins only when named, general plugins always: a plain `vllm serve` would hook the engine and drop "
+         "`steering`)", "vLLM makes endpoint plugin failures fatal and lets a general plugin bring its endpoint "
+         "plugin", _GUARD, evidence="if envs.VLLM_PLUGINS is None:"),
+    _api("rely", "vllm.engine.arg_utils", "AsyncEngineArgs.add_cli_args",
+         "vLLM runs general plugins here, in the API process before it parses its arguments and before any "
+         "engine process exists: our env settings (VLLM_USE_V2_MODEL_RUNNER) reach every process",
+         "never: plugins may extend the parser here by design", "engine/model_runner_choice.py",
+         evidence="load_general_plugins()"),
+    _api("rely", "vllm.config", "VllmConfig.use_v2_model_runner",
+         "reads VLLM_USE_V2_MODEL_RUNNER; the general plugin sets it to 0 on CUDA when unset, so a plain launch "
+         "runs the V1 runner we patch", "steering is ported to Model Runner V2", "engine/model_runner_choice.py",
+         evidence="envs.VLLM_USE_V2_MODEL_RUNNER"),
+    _api("rely", "vllm.entrypoints.openai.responses.protocol", "ResponsesRequest",
+         "/v1/responses is steerable: its `vllm_xargs` and `cache_salt` reach SamplingParams as for completions",
+         "as for CompletionRequest", "api/openapi_schema.py",
+         evidence="extra_args: dict[str, Any] = self.vllm_xargs"),
+    _api("rely", "vllm.v1.engine.core_client", "AsyncMPClient.call_utility_all_async",
+         f"GET /v1/steering/engine sends collective_rpc(\"{STATS_METHOD}\") to every data-parallel engine: "
+         "AsyncLLM.collective_rpc answers from the first engine only under DP (DPLBAsyncMPClient)",
+         "vLLM's collective_rpc returns every engine's answers", "api/engine_routes.py",
+         evidence='"collective_rpc"'),
     _api("plant", "vllm.plugins", "load_endpoint_plugins.steer_serve_wrapper",
          "marks our wrapper so that loading the general plugin twice wraps once", "the wrapper goes", _GUARD),
     _api("rely", "vllm.plugins.endpoint_plugins.interface", "attach_endpoint_plugins",
@@ -121,6 +142,20 @@ LEDGER: tuple[LedgerRecord, ...] = (
     _api("rely", "vllm.config", "ModelConfig.served_model_name", "the model id in messages and metrics", "never",
          "model_config.py"),
     # ---- worker (engine) processes ----------------------------------------------------------
+    _engine("wrap", "vllm.config", "VllmConfig.compute_hash",
+            "every process (the key is computed in workers): mix the plugin and the settings baked into the "
+            "compiled graph (max_dose) into the key vLLM names its compile caches after, so a new --max-dose "
+            "compiles anew and plain vLLM never shares an entry with us", "vLLM lets plugins add compile-cache "
+            "factors", "engine/compile_cache_key.py"),
+    _engine("plant", "vllm.config", "VllmConfig.compute_hash.steer_serve_wrapper",
+            "marks our wrapper so that loading the general plugin twice salts once", "the wrapper goes",
+            "engine/compile_cache_key.py"),
+    _engine("rely", "vllm.compilation.caching", "aot_compile_hash_factors",
+            "the AOT cache directory (torch_aot_compile/<key>) is keyed on VllmConfig.compute_hash()",
+            "as for compute_hash", "engine/compile_cache_key.py", evidence="vllm_config.compute_hash()"),
+    _engine("rely", "vllm.compilation.backends", "VllmBackend.__call__",
+            "the inductor cache directory is keyed on VllmConfig.compute_hash() too", "as for compute_hash",
+            "engine/compile_cache_key.py", evidence="vllm_config.compute_hash()"),
     _engine("wrap", _RUNNER, "GPUModelRunner.load_model",
             "allocate steering tables and install decoder-layer hooks after weights load and before the "
             "warm-up/compile run traces the model (later hooks are ignored under torch.compile)",
@@ -176,7 +211,12 @@ LEDGER: tuple[LedgerRecord, ...] = (
     _engine("rely", "vllm.config", "CompilationMode.NONE",
             "eager mode: hooks may skip kinds of edit no request of the step uses", "never", _PATCHES),
     _engine("rely", "vllm.distributed", "get_tensor_model_parallel_rank",
-            "which heads this rank holds (the head-scale hook)", "never", _PATCHES),
+            "which heads this rank holds (the head-scale hook); the stats route's tp_rank", "never", _PATCHES),
+    _engine("rely", "vllm.distributed", "get_pp_group",
+            "the stats route's pp_rank (`rank_in_group`): every pipeline stage reports", "never", _PATCHES),
+    _engine("rely", "vllm.config", "ParallelConfig.data_parallel_index",
+            "the stats route's dp_rank: the engine's DP rank also for dense models, whose engines vLLM runs as "
+            "DP=1 (data_parallel_rank is 0 there)", "never", _PATCHES),
     _engine("rely", "vllm.platforms.interface", "Platform.is_cuda_alike",
             "Model Runner V2 exists on CUDA-like platforms only", "steering is ported to Model Runner V2", _PATCHES),
     _engine("rely", "vllm.model_executor.models.llama", "LlamaDecoderLayer.forward",

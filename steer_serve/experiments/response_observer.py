@@ -103,8 +103,10 @@ class ResponseObserver:
         if isinstance(payload.get("id"), str) and self.request_id is None:
             self.request_id = payload["id"]
         usage = payload.get("usage")
-        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-            self.usage_tokens = usage["completion_tokens"]
+        if isinstance(usage, dict):
+            for key in ("completion_tokens", "output_tokens"):  # chat/completions, responses
+                if isinstance(usage.get(key), int):
+                    self.usage_tokens = usage[key]
         for choice in payload.get("choices") or []:
             if not isinstance(choice, dict):
                 continue

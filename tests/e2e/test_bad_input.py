@@ -83,10 +83,10 @@ def test_non_finite_numbers_are_refused(tiny_eager_server, literal: str) -> None
 
 
 def test_steering_on_an_endpoint_that_cannot_carry_it(tiny_eager_server) -> None:
-    body = {"model": tiny_eager_server.model, "input": "Hi", **_steer(_add())}
-    response = tiny_eager_server.client.post("/v1/responses", json=body)
+    body = {"model": tiny_eager_server.model, "prompt": "Hi", **_steer(_add())}
+    response = tiny_eager_server.client.post("/tokenize", json=body)
     assert response.status_code == 400
-    assert "not supported on /v1/responses" in response.json()["error"]["message"]
+    assert "not supported on /tokenize" in response.json()["error"]["message"]
 
 
 def test_oversized_body_is_413(tiny_eager_server) -> None:

@@ -22,10 +22,13 @@ RPC_TIMEOUT_S = 10.0  # a utility call waits for the current engine step; a stuc
 
 
 async def engine_stats(engine_client: Any) -> EngineSteeringStats:
-    """Ask every worker for its steering stats (one entry per rank; workers without a runtime are skipped)."""
-    answers = await engine_client.collective_rpc(STATS_METHOD, timeout=RPC_TIMEOUT_S)
-    workers = [WorkerSteeringStats.model_validate(a) for a in answers if a is not None]
-    return EngineSteeringStats(workers=sorted(workers, key=lambda w: w.rank))
+    """Ask every worker of every engine for its steering stats (one entry per rank; workers without a
+    runtime are skipped). `engine_client.collective_rpc` answers from the first data-parallel engine
+    only (`DPLBAsyncMPClient.call_utility_async`), so the call goes to each engine core the client manages."""
+    per_engine = await engine_client.engine_core.call_utility_all_async(
+        "collective_rpc", STATS_METHOD, RPC_TIMEOUT_S, (), None)
+    workers = [WorkerSteeringStats.model_validate(a) for answers in per_engine for a in answers if a is not None]
+    return EngineSteeringStats(workers=sorted(workers, key=lambda w: (w.dp_rank, w.rank)))
 
 
 @router.get("/v1/steering/engine")

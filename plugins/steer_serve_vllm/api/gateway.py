@@ -25,7 +25,8 @@ from steer_serve_vllm.api.errors import error_body
 if TYPE_CHECKING:
     from steer_serve.experiments.arm_selector import ArmSelector, Assignment
 
-STEERABLE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+# Each of these request models carries `vllm_xargs` and `cache_salt` into SamplingParams.
+STEERABLE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
 FINGERPRINT_HEADER = "x-steer-serve-fingerprint"
 
 

@@ -16,7 +16,7 @@ from steer_serve.request.steering_spec import SteeringSpec
 from steer_serve_vllm.api.openapi_admin_schema import add_admin_routes
 from steer_serve_vllm.api.openapi_steering_bounds import add_model_bounds
 
-STEERABLE_REQUEST_MODELS = ("ChatCompletionRequest", "CompletionRequest")
+STEERABLE_REQUEST_MODELS = ("ChatCompletionRequest", "CompletionRequest", "ResponsesRequest")
 
 
 def publish_steering_schema(app: FastAPI) -> None:

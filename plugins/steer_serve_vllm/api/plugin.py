@@ -55,12 +55,15 @@ class SteeringService:
 
 
 def _require_engine_plugin() -> None:
-    """Without the worker half, every steering request would run unsteered: refuse to start."""
-    allowed = os.environ.get("VLLM_PLUGINS", "")
-    if ENGINE_PLUGIN not in [name.strip() for name in allowed.split(",")]:
+    """Without the worker half, every steering request would run unsteered: refuse to start.
+    vLLM runs general plugins in the API process too (before endpoint plugins), so the engine
+    plugin has registered here iff the engine processes, which inherit VLLM_PLUGINS, run it."""
+    import steer_serve_vllm
+
+    if not steer_serve_vllm.ENGINE_PLUGIN_REGISTERED:
         raise RuntimeError(
-            f"VLLM_PLUGINS={allowed!r} enables the {ENDPOINT_PLUGIN} endpoint plugin without the "
-            f"{ENGINE_PLUGIN} engine plugin; name both (steer-serve serve does this)"
+            f"VLLM_PLUGINS={os.environ.get('VLLM_PLUGINS')!r} enables the {ENDPOINT_PLUGIN} endpoint plugin "
+            f"without the {ENGINE_PLUGIN} engine plugin; name both, or leave VLLM_PLUGINS unset"
         )
 
 

@@ -79,7 +79,14 @@ def worker_stats(worker: Any) -> dict[str, int] | None:
     """This worker's steering stats as a plain dict (it crosses msgpack/ZMQ to the API process);
     None when the runtime is not installed (a worker that never loaded a model)."""
     runtime = runtime_of(getattr(worker, "model_runner", None))
-    return None if runtime is None else runtime.stats(worker.rank).model_dump()
+    if runtime is None:
+        return None
+    from vllm.distributed import get_pp_group, get_tensor_model_parallel_rank
+
+    # data_parallel_index: the engine's DP rank also for dense models, whose engines vLLM runs as DP=1
+    ranks = {"dp_rank": worker.parallel_config.data_parallel_index, "pp_rank": get_pp_group().rank_in_group,
+             "tp_rank": get_tensor_model_parallel_rank()}
+    return runtime.stats(worker.rank).model_copy(update=ranks).model_dump()
 
 
 def _wrap(cls: type, name: str, after: Callable[..., None]) -> str:

@@ -1,0 +1,48 @@
+"""Make vLLM's compile-cache key see steer-serve.
+
+vLLM 0.32 names both of its compile caches after `VllmConfig.compute_hash()`: the AOT cache
+(`compilation/caching.py: aot_compile_hash_factors` -> `torch_compile_cache/torch_aot_compile/<key>`)
+and the inductor cache directory (`compilation/backends.py: VllmBackend.__call__`). Our decoder
+hooks are traced into the compiled graph, and `max_dose` is a Python constant baked into it, but
+neither is part of the config, so a server restarted with another `--max-dose` (or without the
+plugin) would find the old graph under the same key. The general plugin therefore wraps
+`compute_hash` to mix in `graph_settings()`: a new setting gives a new key, the plugin's
+presence alone gives a key plain vLLM never uses. (hotwire-vllm salts the same method.)
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from typing import Any
+
+from steer_serve.settings import Settings
+
+PLUGIN_NAME = "steer_serve"
+
+
+def graph_settings() -> dict[str, Any]:
+    """Every plugin setting that changes the compiled graph (read from the environment, as the
+    engine reads it when it installs the hooks)."""
+    from importlib.metadata import version
+
+    return {"plugin": PLUGIN_NAME, "version": version("steer-serve"), "max_dose": Settings().max_dose}
+
+
+def salt_compile_cache_key() -> None:
+    """Idempotent: wrap `VllmConfig.compute_hash` (every process; the key is computed in workers)."""
+    from vllm.config import VllmConfig
+
+    original = VllmConfig.compute_hash
+    if getattr(original, "steer_serve_wrapper", False):
+        return
+
+    @functools.wraps(original)
+    def compute_hash(self: Any, *args: Any, **kwargs: Any) -> str:
+        key = original(self, *args, **kwargs)
+        salt = json.dumps(graph_settings(), sort_keys=True)
+        return hashlib.sha256(f"{key}|{salt}".encode()).hexdigest()[: len(key)]
+
+    compute_hash.steer_serve_wrapper = True  # type: ignore[attr-defined]
+    VllmConfig.compute_hash = compute_hash
