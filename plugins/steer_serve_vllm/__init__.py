@@ -6,9 +6,6 @@ idempotent. All work lives in `api/` (API-server process) and `engine/` (worker 
 """
 
 
-ENGINE_PLUGIN_REGISTERED = False  # set in every process where vLLM ran our general plugin
-
-
 def register_engine_plugin() -> None:
     """`vllm.general_plugins`: patch the model runner (effective in worker processes), put our
     settings into the compile-cache key, pin the V1 runner on CUDA, and make sure the endpoint
@@ -22,13 +19,13 @@ def register_engine_plugin() -> None:
     from steer_serve_vllm.engine.compile_cache_key import salt_compile_cache_key
     from steer_serve_vllm.engine.model_runner_choice import pin_v1_model_runner
     from steer_serve_vllm.engine.worker_patches import apply_worker_patches
+    from steer_serve_vllm.registration import mark_engine_plugin_registered
 
-    global ENGINE_PLUGIN_REGISTERED
     pin_v1_model_runner(os.environ, current_platform.is_cuda_alike())
     guard_endpoint_plugin_loading()
     salt_compile_cache_key()
     apply_worker_patches()
-    ENGINE_PLUGIN_REGISTERED = True
+    mark_engine_plugin_registered()
 
 
 def make_endpoint_plugin():  # noqa: ANN201 - returns vLLM's EndpointPlugin protocol object

@@ -81,8 +81,8 @@ LEDGER: tuple[LedgerRecord, ...] = (
          evidence="load_general_plugins()"),
     _api("rely", "vllm.config", "VllmConfig.use_v2_model_runner",
          "reads VLLM_USE_V2_MODEL_RUNNER; the general plugin sets it to 0 on CUDA when unset, so a plain launch "
-         "runs the V1 runner we patch", "steering is ported to Model Runner V2", "engine/model_runner_choice.py",
-         evidence="envs.VLLM_USE_V2_MODEL_RUNNER"),
+         "runs the V1 runner we patch (a property: no source evidence)", "steering is ported to Model Runner V2",
+         "engine/model_runner_choice.py"),
     _api("rely", "vllm.entrypoints.openai.responses.protocol", "ResponsesRequest",
          "/v1/responses is steerable: its `vllm_xargs` and `cache_salt` reach SamplingParams as for completions",
          "as for CompletionRequest", "api/openapi_schema.py",
@@ -91,7 +91,7 @@ LEDGER: tuple[LedgerRecord, ...] = (
          f"GET /v1/steering/engine sends collective_rpc(\"{STATS_METHOD}\") to every data-parallel engine: "
          "AsyncLLM.collective_rpc answers from the first engine only under DP (DPLBAsyncMPClient)",
          "vLLM's collective_rpc returns every engine's answers", "api/engine_routes.py",
-         evidence='"collective_rpc"'),
+         evidence="for engine in self.core_engines"),
     _api("plant", "vllm.plugins", "load_endpoint_plugins.steer_serve_wrapper",
          "marks our wrapper so that loading the general plugin twice wraps once", "the wrapper goes", _GUARD),
     _api("rely", "vllm.plugins.endpoint_plugins.interface", "attach_endpoint_plugins",

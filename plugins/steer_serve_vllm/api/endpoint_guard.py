@@ -55,9 +55,9 @@ def allow_listed(vllm_plugins: str | None) -> bool:
 
 def _own_endpoint_plugin(supported_tasks: Any) -> Any:
     """Our endpoint plugin, gated on its required tasks as vLLM gates allow-listed ones."""
-    from steer_serve_vllm import make_endpoint_plugin
+    from steer_serve_vllm.api.plugin import SteerServeEndpointPlugin
 
-    plugin = make_endpoint_plugin()
+    plugin = SteerServeEndpointPlugin()
     if not set(plugin.required_tasks) & set(supported_tasks or ()):
         logger.info("steer-serve: no steering routes: the server supports %s, not generation", supported_tasks)
         return None

@@ -33,6 +33,7 @@ from steer_serve_vllm.api.library_routes import router as library_router
 from steer_serve_vllm.api.engine_routes import router as engine_router
 from steer_serve_vllm.api.engine_death import exit_nonzero_on_engine_death
 from steer_serve_vllm.names import ENDPOINT_PLUGIN, ENGINE_PLUGIN
+from steer_serve_vllm.registration import engine_plugin_registered
 
 logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
 
@@ -58,9 +59,7 @@ def _require_engine_plugin() -> None:
     """Without the worker half, every steering request would run unsteered: refuse to start.
     vLLM runs general plugins in the API process too (before endpoint plugins), so the engine
     plugin has registered here iff the engine processes, which inherit VLLM_PLUGINS, run it."""
-    import steer_serve_vllm
-
-    if not steer_serve_vllm.ENGINE_PLUGIN_REGISTERED:
+    if not engine_plugin_registered():
         raise RuntimeError(
             f"VLLM_PLUGINS={os.environ.get('VLLM_PLUGINS')!r} enables the {ENDPOINT_PLUGIN} endpoint plugin "
             f"without the {ENGINE_PLUGIN} engine plugin; name both, or leave VLLM_PLUGINS unset"

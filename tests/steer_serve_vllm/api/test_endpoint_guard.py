@@ -52,11 +52,11 @@ def test_allow_list_parsing() -> None:
 
 def test_api_half_without_engine_half_refuses_to_start(monkeypatch) -> None:
     """VLLM_PLUGINS=steer_serve_api alone: vLLM runs no general plugin, so the engine would not steer."""
-    import steer_serve_vllm
+    from steer_serve_vllm import registration
     from steer_serve_vllm.api.plugin import _require_engine_plugin
 
-    monkeypatch.setattr(steer_serve_vllm, "ENGINE_PLUGIN_REGISTERED", False)
+    monkeypatch.setattr(registration, "_engine_plugin_registered", False)
     with pytest.raises(RuntimeError, match="without the steer_serve engine plugin"):
         _require_engine_plugin()
-    monkeypatch.setattr(steer_serve_vllm, "ENGINE_PLUGIN_REGISTERED", True)
+    registration.mark_engine_plugin_registered()
     _require_engine_plugin()
