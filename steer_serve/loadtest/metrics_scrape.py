@@ -76,7 +76,7 @@ class Sampler:
     """Polls /metrics in a thread during a run: the peaks of waiting/running requests and KV use."""
 
     client: httpx.Client
-    period_s: float = 0.25
+    period_s: float = 0.2
     peaks: dict[str, float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None

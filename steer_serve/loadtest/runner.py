@@ -46,6 +46,13 @@ class Prepared:
     dim: int | None
 
 
+def count_tokens(tokenizer: Any, prompt: str | list[dict[str, Any]]) -> int:
+    """Prompt tokens as the server will count them (chat: with its template and generation prompt)."""
+    if isinstance(prompt, list):
+        return len(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=True)["input_ids"])
+    return len(tokenizer(prompt).input_ids)
+
+
 def prepare(scenario: Scenario, target: Target, client: httpx.Client) -> Prepared:
     from transformers import AutoTokenizer
 
@@ -57,9 +64,8 @@ def prepare(scenario: Scenario, target: Target, client: httpx.Client) -> Prepare
                              "scenario or --tokenizer (a local directory with the served model's tokenizer)") from None
     file_prompts = None
     if scenario.prompts.file is not None:
-        count = lambda p: len(tokenizer.apply_chat_template(p) if isinstance(p, list) else tokenizer(p).input_ids)  # noqa: E731
         try:
-            file_prompts = read_prompt_file(Path(scenario.prompts.file), count)
+            file_prompts = read_prompt_file(Path(scenario.prompts.file), lambda p: count_tokens(tokenizer, p))
         except ValueError as exc:
             raise ScenarioError(f"prompts.file: {exc}") from None
     dims = {hidden_size(c, facts) for c in scenario.traffic} - {None}
