@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from steer_serve.steering_spec import SteeringSpec
+from steer_serve.request.steering_spec import SteeringSpec
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 PositiveInt = Annotated[int, Field(gt=0)]

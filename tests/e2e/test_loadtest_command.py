@@ -20,7 +20,7 @@ from steer_serve.loadtest.metrics_scrape import SUCCESS, scrape
 from steer_serve.loadtest.report import write_report
 from steer_serve.loadtest.runner import Target, run_scenario
 from steer_serve.loadtest.scenario import parse_scenario
-from support.servers import Server
+from harness.servers import Server
 
 pytestmark = pytest.mark.slow
 API_KEY = "loadtest-key"
