@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make serve` (the server on the default model) and `make test`.
 # Both install everything first (scripts/setup.sh, idempotent).
-.PHONY: setup serve test test-fast loadtest
+.PHONY: setup serve test test-fast loadtest loadtest-scenario
 
 PORT ?= 8000
 export HF_HUB_OFFLINE := 1
@@ -20,3 +20,9 @@ test-fast: setup
 # The standard comparison against plain vLLM on this machine (~25 min on 2 cores); see loadtests/.
 loadtest: setup
 	.venv/bin/python -m loadtests.compare --out loadtests/reports/$(or $(REPORT),cpu-default) $(ARGS)
+
+# A scenario through `steer-serve loadtest` on plain vLLM, then on steer-serve gated against it
+# (regression table = steer-serve/plain), then steered scenarios on steer-serve (~10 min on 2 cores).
+loadtest-scenario: setup
+	.venv/bin/python -m loadtests.scenario_pair --out loadtests/reports/$(or $(REPORT),loadtest-example) \
+		--pair configs/loadtests/plain-vllm.yaml --steered configs/loadtests/rate-sweep.yaml $(ARGS)

@@ -156,6 +156,12 @@ def _run_ab_report(args: argparse.Namespace, passthrough: list[str]) -> int:
     return 0
 
 
+def _run_loadtest(args: argparse.Namespace, passthrough: list[str]) -> int:
+    from steer_serve.loadtest.command import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steer-serve", description=__doc__, allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--version", type=int, default=None, help="experiment version (default: the file's)")
     report.add_argument("--out", default=None, help="also write KEY.md, KEY.json and KEY.png into this directory")
     report.set_defaults(handler=_run_ab_report)
+
+    loadtest = commands.add_parser("loadtest", help="load-test a running server with a scenario: latency, goodput, SLOs",
+                                   allow_abbrev=False)
+    from steer_serve.loadtest.command import add_arguments
+
+    add_arguments(loadtest)
+    loadtest.set_defaults(handler=_run_loadtest)
 
     model = commands.add_parser("default-model", help="convert (once) and print the default model directory")
     model.set_defaults(handler=_run_default_model)

@@ -21,7 +21,7 @@ from typing import Literal
 
 from steer_serve_vllm.names import ENDPOINT_PLUGIN, STATS_METHOD
 
-Process = Literal["api", "engine"]
+Process = Literal["api", "engine", "client"]  # client: `steer-serve loadtest`, no server involved
 How = Literal["wrap", "replace", "add", "plant", "rely"]
 CHECKED = ("0.32.0",)
 
@@ -64,6 +64,13 @@ def _api(how: How, module: str, path: str, why: str, drop_when: str, ours: str, 
 
 def _engine(how: How, module: str, path: str, why: str, drop_when: str, ours: str, **extra: str) -> LedgerRecord:
     return LedgerRecord(_ENGINE, how, Target(module, path), why, drop_when, ours, **extra)
+
+
+def _client(how: How, module: str, path: str, why: str, drop_when: str, ours: str, **extra: str) -> LedgerRecord:
+    return LedgerRecord("client", how, Target(module, path), why, drop_when, ours, **extra)
+
+
+_BENCH = "bench.py"
 
 
 LEDGER: tuple[LedgerRecord, ...] = (
@@ -232,6 +239,28 @@ LEDGER: tuple[LedgerRecord, ...] = (
     _engine("rely", "vllm.model_executor.models.mixtral", "MixtralMoE.gate",
             "Mixtral's router is a GateLinear (as are Qwen2-MoE's and OLMoE's)", "as above", _HOOKS,
             evidence="self.gate = GateLinear("),
+    # ---- load-test client (`steer-serve loadtest`) ------------------------------------------------
+    _client("rely", "vllm.benchmarks.serve", "benchmark",
+            "sends and times the load test's requests (arrivals, concurrency, TTFT/TPOT/ITL/E2E, goodput) "
+            "through the request function registered under `endpoint_type`",
+            "never: vLLM's serving benchmark is its public load generator", _BENCH,
+            evidence="request_func = ASYNC_REQUEST_FUNCS[endpoint_type]"),
+    _client("rely", "vllm.benchmarks.serve", "calculate_metrics",
+            "vLLM's metric definitions applied to each traffic class's requests (per-class percentiles, goodput)",
+            "vLLM's benchmark reports metrics per request group", _BENCH,
+            evidence="request_goodput=good_completed / dur_s"),
+    _client("rely", "vllm.benchmarks.lib.endpoint_request_func", "ASYNC_REQUEST_FUNCS",
+            "for the length of a run it holds one entry of ours: vLLM's own openai request function handed a "
+            "session stand-in that notes each answer's HTTP status and steer-serve headers",
+            "vLLM's benchmark keeps response status and headers", _BENCH),
+    _client("rely", "vllm.benchmarks.lib.endpoint_request_func", "async_request_openai_completions",
+            "the stand-in only offers `post` as an async context manager, which is all this function uses",
+            "as above", _BENCH, evidence="async with session.post(url=api_url, json=payload, headers=headers)"),
+    _client("rely", "vllm.benchmarks.lib.endpoint_request_func", "async_request_openai_chat_completions",
+            "as for the completions function (chat prompts from a JSONL)", "as above", _BENCH,
+            evidence="async with session.post(url=api_url, json=payload, headers=headers)"),
+    _client("rely", "vllm.benchmarks.datasets.datasets", "SampleRequest.request_overrides",
+            "carries each request's `steering` and `user` into its body", "never: a public benchmark field", _BENCH),
 )
 
 

@@ -63,7 +63,7 @@ def test_every_record_resolves_against_the_installed_vllm(record: LedgerRecord) 
 def test_records_are_unique_and_complete() -> None:
     targets = [str(r.target) for r in LEDGER]
     assert len(targets) == len(set(targets))
-    assert {r.process for r in LEDGER} == {"api", "engine"}
+    assert {r.process for r in LEDGER} == {"api", "engine", "client"}
     assert {r.how for r in LEDGER} == {"wrap", "replace", "add", "plant", "rely"}
     assert all(r.why and r.drop_when and r.versions and r.ours for r in LEDGER)
 
