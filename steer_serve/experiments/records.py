@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator
@@ -23,7 +24,7 @@ class Exposure(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ts: float = Field(default_factory=time.time)
-    request_id: str | None
+    request_id: str
     experiment: str
     version: int
     arm: str
@@ -62,4 +63,12 @@ class FeedbackIn(BaseModel):
 
 
 class Feedback(FeedbackIn):
+    """A feedback value as stored: its own id (minted once, so a resent outbox batch is not counted twice)."""
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=64)
     ts: float = Field(default_factory=time.time)
+
+    def row(self) -> dict[str, object]:
+        """The database row: numbers as floats, with whether the metric is binary."""
+        return {"id": self.id, "ts": self.ts, "request_id": self.request_id, "metric": self.metric,
+                "value": float(self.value), "binary": isinstance(self.value, bool)}
