@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # imported late at run time: `serve` must stay light
     from steer_serve.experiments.store import ExperimentStore
 
 _VLLM_ENTRY = "vllm.entrypoints.launchers.api_server.entry"
+_MULTI_API_ENTRY = "steer_serve_vllm.api.multi_api_entry"  # vLLM's `serve` path: the only one that honours --api-server-count
 DEFAULT_CPU_KVCACHE_GIB = "4"
 
 
@@ -26,7 +27,17 @@ def serve_command(args: argparse.Namespace, passthrough: list[str]) -> list[str]
         passthrough = ["--served-model-name", DEFAULT_MODEL_NAME, *passthrough]
     else:
         model = args.model
-    return [sys.executable, "-m", _VLLM_ENTRY, "--model", model, "--host", args.host, "--port", str(args.port), *passthrough]
+    entry = _MULTI_API_ENTRY if _api_server_count(passthrough) > 1 else _VLLM_ENTRY
+    return [sys.executable, "-m", entry, "--model", model, "--host", args.host, "--port", str(args.port), *passthrough]
+
+
+def _api_server_count(passthrough: list[str]) -> int:
+    for index, flag in enumerate(passthrough):
+        if flag.startswith("--api-server-count="):
+            return int(flag.split("=", 1)[1])
+        if flag == "--api-server-count" and index + 1 < len(passthrough):
+            return int(passthrough[index + 1])
+    return 1
 
 
 def serve_environment(args: argparse.Namespace) -> dict[str, str]:
