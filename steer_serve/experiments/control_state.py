@@ -12,29 +12,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict
-
-if TYPE_CHECKING:
-    from steer_serve.experiments.store import ExperimentStore
+from steer_serve.experiments.records import ControlState
+from steer_serve.experiments.store import ExperimentStore, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
 
-class ControlState(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    kill_all: bool = False
-    killed: list[str] = []
-    generation: int = 0
-
-    def is_killed(self, key: str) -> bool:
-        return self.kill_all or key in self.killed
-
-
 class ControlFollower:
-    def __init__(self, store: "ExperimentStore", poll_s: float = 0.25) -> None:
+    def __init__(self, store: ExperimentStore, poll_s: float = 0.25) -> None:
         self.store = store
         self.poll_s = poll_s
         self.healthy = False
@@ -49,8 +35,6 @@ class ControlFollower:
 
     def refresh(self) -> ControlState:
         """Read the shared state now (raises StoreUnavailable; the copy is kept)."""
-        from steer_serve.experiments.store import StoreUnavailable
-
         try:
             self.accept(self.store.read_control())
         except StoreUnavailable as exc:
@@ -73,8 +57,6 @@ class ControlFollower:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        from steer_serve.experiments.store import StoreUnavailable
-
         while not self._stop.wait(self.poll_s):
             was_healthy = self.healthy
             try:

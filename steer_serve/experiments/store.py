@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from steer_serve.experiments import db_schema
-from steer_serve.experiments.control_state import ControlState
+from steer_serve.experiments.records import ControlState
 from steer_serve.experiments.db_migrations import migrate
 from steer_serve.experiments.sql_quantiles import register_sqlite_quantiles
 

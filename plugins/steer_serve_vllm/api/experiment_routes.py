@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 from steer_serve import metrics
 from steer_serve.experiments.arm_selector import ArmSelector, LiveExperiment
 from steer_serve.experiments.config import ExperimentConfigError
-from steer_serve.experiments.control_state import ControlState
+from steer_serve.experiments.records import ControlState
 from steer_serve.experiments.records import Feedback, FeedbackIn
 from steer_serve.experiments.results import compute_results
 from steer_serve.experiments.store import StoreUnavailable
