@@ -1,7 +1,7 @@
 """A bounded on-disk outbox: exposures and feedback reach the database through it.
 
 A request never waits for the database. Each record is appended (one O_APPEND `write()`) to this
-process's own file, `<dir>/<host>-<pid>.jsonl`, and `OutboxFlusher` moves batches into the store
+process's own file, `<dir>/<host>-<pid>.jsonl`, and `StoreWriter` moves batches into the store
 a moment later. When the database is unreachable the file simply grows, up to `max_bytes`; past
 that, records are dropped and counted. Rows carry their own key (response id, feedback id) and
 the store ignores keys it already has, so a batch sent again after a crash or a lost
