@@ -8,7 +8,9 @@ from typing import Any
 import yaml
 
 from steer_serve.experiments.arm_selector import ArmSelector
-from steer_serve.experiments.control_state import ControlFile
+from steer_serve.experiments.control_state import ControlFollower
+from steer_serve.experiments.records import Exposure, Feedback
+from steer_serve.experiments.store import ExperimentStore
 from steer_serve_vllm.api.gateway import RequestGateway
 from steer_serve.request.steering_resolver import SteeringResolver
 
@@ -30,10 +32,36 @@ def write_experiments(directory: Path, *experiments: dict[str, Any]) -> Path:
     return directory
 
 
-def selector(directory: Path, resolver: SteeringResolver, control_path: Path | None = None) -> ArmSelector:
-    control = ControlFile(control_path or directory / "experiments-control.json", poll_s=0.0)
+def selector(directory: Path, resolver: SteeringResolver) -> ArmSelector:
+    """A selector on the SQLite store in `directory` (shared by every selector made for it, as by
+    the processes of one server). Its control copy is refreshed by the tests (`switch`), not a thread."""
+    store = ExperimentStore(f"sqlite:///{directory / 'experiments.db'}")
+    store.migrate()
+    control = ControlFollower(store)
+    control.refresh()
     return ArmSelector(directory, resolver, control)
+
+
+def switch(arms: ArmSelector, key: str | None, engaged: bool) -> None:
+    """Engage/release a kill switch in the store and let this selector see it."""
+    arms.control.store.set_kill_switch(key, engaged)
+    arms.control.refresh()
 
 
 def experiment_gateway(directory: Path, resolver: SteeringResolver) -> RequestGateway:
     return RequestGateway(resolver, selector(directory, resolver))
+
+
+def exposure_row(i: int, arm: str, *, key: str = "e", version: int = 1, ts: float | None = None,
+                 **changes: Any) -> dict[str, Any]:
+    """One stored exposure (request id `chatcmpl-<i>`, unit `u<i % 150>-<arm>`), with any field changed."""
+    record = Exposure(request_id=f"chatcmpl-{i}", experiment=key, version=version, arm=arm, assigned_arm=arm,
+                      outcome="assigned", unit=f"u{i % 150}-{arm}", fingerprint=None, model="m", stream=True,
+                      status=200, error=False, ttft_s=0.01 * (i % 10), latency_s=0.1 * (i % 10) + 0.05,
+                      tokens=8, tokens_source="chunks", finish_reason="length", ts=1_700_000_000.0 + i if ts is None else ts)
+    return record.model_copy(update=changes).model_dump(mode="json")
+
+
+def feedback_row(request_id: str, metric: str, value: bool | float, ts: float | None = None) -> dict[str, Any]:
+    item = Feedback(request_id=request_id, metric=metric, value=value)
+    return item.model_copy(update={"ts": ts}).row() if ts is not None else item.row()

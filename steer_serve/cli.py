@@ -7,11 +7,16 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from steer_serve.default_model import DEFAULT_MODEL_NAME, default_model_dir
 from steer_serve_vllm.names import VLLM_PLUGINS  # a vLLM-free module: the names our plugins register under
 
+if TYPE_CHECKING:  # imported late at run time: `serve` must stay light
+    from steer_serve.experiments.store import ExperimentStore
+
 _VLLM_ENTRY = "vllm.entrypoints.launchers.api_server.entry"
+_MULTI_API_ENTRY = "steer_serve_vllm.api.multi_api_entry"  # vLLM's `serve` path: the only one that honours --api-server-count
 DEFAULT_CPU_KVCACHE_GIB = "4"
 
 
@@ -22,7 +27,17 @@ def serve_command(args: argparse.Namespace, passthrough: list[str]) -> list[str]
         passthrough = ["--served-model-name", DEFAULT_MODEL_NAME, *passthrough]
     else:
         model = args.model
-    return [sys.executable, "-m", _VLLM_ENTRY, "--model", model, "--host", args.host, "--port", str(args.port), *passthrough]
+    entry = _MULTI_API_ENTRY if _api_server_count(passthrough) > 1 else _VLLM_ENTRY
+    return [sys.executable, "-m", entry, "--model", model, "--host", args.host, "--port", str(args.port), *passthrough]
+
+
+def _api_server_count(passthrough: list[str]) -> int:
+    for index, flag in enumerate(passthrough):
+        if flag.startswith("--api-server-count="):
+            return int(flag.split("=", 1)[1])
+        if flag == "--api-server-count" and index + 1 < len(passthrough):
+            return int(passthrough[index + 1])
+    return 1
 
 
 def serve_environment(args: argparse.Namespace) -> dict[str, str]:
@@ -40,8 +55,8 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
         env["STEER_SERVE_PRESET_DIR"] = str(Path(args.preset_dir).resolve())
     if args.experiments is not None:
         env["STEER_SERVE_EXPERIMENTS_DIR"] = str(Path(args.experiments).resolve())
-    if args.exposure_log is not None:
-        env["STEER_SERVE_EXPOSURE_LOG"] = str(Path(args.exposure_log).resolve())
+    if args.experiments_db is not None:
+        env["STEER_SERVE_EXPERIMENTS_DB"] = args.experiments_db
     if args.admin_key is not None:
         env["STEER_SERVE_ADMIN_KEY"] = args.admin_key
     if args.max_dose is not None:
@@ -50,6 +65,14 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _run_serve(args: argparse.Namespace, passthrough: list[str]) -> int:
+    if args.experiments_db is not None:
+        from steer_serve.experiments.store import database_url
+
+        try:
+            database_url(args.experiments_db, None)
+        except ValueError as exc:
+            print(f"steer-serve: {exc}", file=sys.stderr)
+            return 2
     if args.experiments is not None:
         from steer_serve.experiments.config import ExperimentConfigError, load_experiments
 
@@ -129,30 +152,67 @@ def _run_evaluate(args: argparse.Namespace, passthrough: list[str]) -> int:
     return 0
 
 
-def _run_ab_report(args: argparse.Namespace, passthrough: list[str]) -> int:
-    from steer_serve.experiments.config import load_experiment
-    from steer_serve.experiments.jsonl_log import read_records
-    from steer_serve.experiments.report import render_markdown, render_png
-    from steer_serve.experiments.results import compute_results
+def _ab_store(args: argparse.Namespace) -> ExperimentStore:
+    from steer_serve.experiments.store import ExperimentStore, database_url
 
-    directory = Path(args.experiments)
-    config_path = next((directory / f"{args.key}{suffix}" for suffix in (".yaml", ".yml")
-                        if (directory / f"{args.key}{suffix}").exists()), None)
-    if config_path is None:
-        print(f"steer-serve: no experiment {args.key!r} in {directory}", file=sys.stderr)
+    return ExperimentStore(database_url(args.experiments_db, Path(args.experiments) / "experiments.db"))
+
+
+def _run_ab_report(args: argparse.Namespace, passthrough: list[str]) -> int:
+    from steer_serve.experiments.config import ExperimentConfigError, load_experiment
+    from steer_serve.experiments.report import write_report
+    from steer_serve.experiments.results import compute_results
+    from steer_serve.experiments.store import StoreUnavailable
+
+    try:
+        config = load_experiment(_experiment_file(Path(args.experiments), args.key))
+        results = compute_results(config, _ab_store(args), args.version)
+    except (ExperimentConfigError, StoreUnavailable, ValueError) as exc:
+        print(f"steer-serve: {exc}", file=sys.stderr)
         return 2
-    exposures = Path(args.exposure_log) if args.exposure_log else directory / "exposures.jsonl"
-    feedback = Path(args.feedback_log) if args.feedback_log else exposures.with_name("feedback.jsonl")
-    results = compute_results(load_experiment(config_path), read_records(exposures), read_records(feedback), args.version)
-    markdown = render_markdown(results)
+    markdown = write_report(results, Path(args.out) if args.out else None)
     print(markdown)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"{args.key}.md").write_text(markdown)
-        (out / f"{args.key}.json").write_text(results.model_dump_json(indent=2))
-        render_png(results, out / f"{args.key}.png")
-        print(f"wrote {out / args.key}.md, .json and .png", file=sys.stderr)
+        print(f"wrote {Path(args.out) / args.key}.md, .json and .png", file=sys.stderr)
+    return 0
+
+
+def _experiment_file(directory: Path, key: str) -> Path:
+    from steer_serve.experiments.config import ExperimentConfigError
+
+    for suffix in (".yaml", ".yml"):
+        if (directory / f"{key}{suffix}").exists():
+            return directory / f"{key}{suffix}"
+    raise ExperimentConfigError(f"no experiment {key!r} in {directory}")
+
+
+def _run_ab_import(args: argparse.Namespace, passthrough: list[str]) -> int:
+    from steer_serve.experiments.store import StoreUnavailable
+    from steer_serve.experiments.transfer import import_logs
+
+    exposures = Path(args.exposure_log) if args.exposure_log else Path(args.experiments) / "exposures.jsonl"
+    feedback = Path(args.feedback_log) if args.feedback_log else exposures.with_name("feedback.jsonl")
+    try:
+        store = _ab_store(args)
+        counts = import_logs(store, exposures, feedback)
+    except (StoreUnavailable, ValueError) as exc:
+        print(f"steer-serve: {exc}", file=sys.stderr)
+        return 2
+    print(f"{store.display_url}: exposures {counts.exposures_new} new of {counts.exposures_read}, "
+          f"feedback {counts.feedback_new} new of {counts.feedback_read}, {counts.skipped} invalid lines skipped")
+    return 0
+
+
+def _run_ab_export(args: argparse.Namespace, passthrough: list[str]) -> int:
+    from steer_serve.experiments.store import StoreUnavailable
+    from steer_serve.experiments.transfer import export_tables
+
+    try:
+        paths = export_tables(_ab_store(args), Path(args.out), args.format)
+    except (StoreUnavailable, ValueError) as exc:
+        print(f"steer-serve: {exc}", file=sys.stderr)
+        return 2
+    print("wrote " + ", ".join(map(str, paths)))
     return 0
 
 
@@ -176,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--vector-dir", default=None, help="steering vector library (default: configs/vectors)")
     serve.add_argument("--preset-dir", default=None, help="steering presets, YAML/JSON files (default: configs/presets)")
     serve.add_argument("--experiments", default=None, help="directory of A/B experiment YAML files")
-    serve.add_argument("--exposure-log", default=None, help="exposure JSONL (default: <experiments>/exposures.jsonl)")
+    serve.add_argument("--experiments-db", default=None,
+                       help="experiment store: postgresql://user:pass@host/db (replicas share it) or sqlite:///FILE "
+                            "(default: <experiments>/experiments.db)")
     serve.add_argument("--admin-key", default=None,
                        help="bearer key for admin routes: experiments, vector/preset changes (or env STEER_SERVE_ADMIN_KEY)")
     serve.add_argument("--max-dose", type=float, default=None,
@@ -218,14 +280,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_run_evaluate)
 
     ab = commands.add_parser("ab", help="A/B experiments").add_subparsers(dest="ab_command", required=True)
-    report = ab.add_parser("report", help="per-arm results of an experiment from its logs (markdown, JSON, PNG)")
+    store_help = "postgresql://... or sqlite:///FILE (default: <experiments>/experiments.db, as `serve`)"
+    report = ab.add_parser("report", help="per-arm results of an experiment from the store (markdown, JSON, PNG)")
     report.add_argument("key", help="experiment key (its YAML file stem)")
     report.add_argument("--experiments", default="configs/experiments", help="experiments directory")
-    report.add_argument("--exposure-log", default=None, help="default: <experiments>/exposures.jsonl")
-    report.add_argument("--feedback-log", default=None, help="default: feedback.jsonl next to the exposure log")
+    report.add_argument("--experiments-db", default=None, help=store_help)
     report.add_argument("--version", type=int, default=None, help="experiment version (default: the file's)")
     report.add_argument("--out", default=None, help="also write KEY.md, KEY.json and KEY.png into this directory")
     report.set_defaults(handler=_run_ab_report)
+    load = ab.add_parser("import", help="load exposure/feedback JSONL logs into the store (idempotent)")
+    load.add_argument("--experiments", default="configs/experiments", help="experiments directory")
+    load.add_argument("--experiments-db", default=None, help=store_help)
+    load.add_argument("--exposure-log", default=None, help="default: <experiments>/exposures.jsonl")
+    load.add_argument("--feedback-log", default=None, help="default: feedback.jsonl next to the exposure log")
+    load.set_defaults(handler=_run_ab_import)
+    dump = ab.add_parser("export", help="write the exposures and feedback tables as JSONL or CSV files")
+    dump.add_argument("--experiments", default="configs/experiments", help="experiments directory")
+    dump.add_argument("--experiments-db", default=None, help=store_help)
+    dump.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    dump.add_argument("--out", required=True, help="directory for exposures.<format> and feedback.<format>")
+    dump.set_defaults(handler=_run_ab_export)
 
     loadtest = commands.add_parser("loadtest", help="load-test a running server with a scenario: latency, goodput, SLOs",
                                    allow_abbrev=False)

@@ -53,6 +53,26 @@ KILL_SWITCH = Gauge(
     ["experiment"], multiprocess_mode="mostrecent",
 )
 
+STORE_UP = Gauge(
+    "steer_serve:experiment_store_up", "1 while the experiment database accepts writes (min over API processes)",
+    multiprocess_mode="livemin",
+)
+STORE_PENDING_BYTES = Gauge(
+    "steer_serve:experiment_outbox_pending_bytes", "Exposure/feedback bytes in the local outbox, not yet in the database",
+    multiprocess_mode="livesum",
+)
+STORE_SPOOLED = Counter(
+    "steer_serve:experiment_records_spooled", "Records written to the local outbox while the database was unreachable",
+    ["kind"],
+)
+STORE_DROPPED = Counter(
+    "steer_serve:experiment_records_dropped", "Records dropped because the local outbox was full", ["kind"],
+)
+STORE_FLUSHED = Counter(
+    "steer_serve:experiment_records_flushed", "Records sent from the outbox to the database (resends included)",
+    ["kind"],
+)
+
 
 def rejection_reason(status: int, param: str | None) -> str:
     """Bounded label for a rejection: the last recognised field of its `param`, or the status."""

@@ -29,25 +29,23 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body accepted")
 
     experiments_dir: Path | None = Field(None, description="directory of experiment YAML files; None: no experiments")
-    exposure_log: Path | None = Field(None, description="exposure JSONL (default: <experiments_dir>/exposures.jsonl)")
-    feedback_log: Path | None = Field(None, description="feedback JSONL (default: next to the exposure log)")
+    experiments_db: str | None = Field(
+        None, description="postgresql://... or sqlite:///...; None: SQLite file <experiments_dir>/experiments.db")
+    outbox_dir: Path | None = Field(None, description="local spool for exposures/feedback (default: <experiments_dir>/outbox)")
+    outbox_max_bytes: int = Field(256 * 1024 * 1024, ge=4096, description="outbox bound; past it records are dropped")
+    control_poll_s: float = Field(0.25, gt=0, le=1, description="how often kill switches/reloads are read from the store")
     admin_key: SecretStr | None = Field(None, description="bearer key for the admin routes; None: admin routes refuse")
 
     @property
-    def exposure_log_path(self) -> Path | None:
-        if self.exposure_log is not None:
-            return self.exposure_log
-        return None if self.experiments_dir is None else self.experiments_dir / "exposures.jsonl"
+    def experiments_db_url(self) -> str | None:
+        from steer_serve.experiments.store import database_url
+
+        if self.experiments_dir is None:
+            return None
+        return database_url(self.experiments_db, self.experiments_dir / "experiments.db")
 
     @property
-    def feedback_log_path(self) -> Path | None:
-        if self.feedback_log is not None:
-            return self.feedback_log
-        exposures = self.exposure_log_path
-        return None if exposures is None else exposures.with_name("feedback.jsonl")
-
-    @property
-    def control_file_path(self) -> Path | None:
-        """Kill switches and reload generation shared by the API-server processes (next to the exposure log)."""
-        exposures = self.exposure_log_path
-        return None if exposures is None else exposures.with_name("experiments-control.json")
+    def outbox_path(self) -> Path | None:
+        if self.outbox_dir is not None:
+            return self.outbox_dir
+        return None if self.experiments_dir is None else self.experiments_dir / "outbox"

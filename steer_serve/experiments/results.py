@@ -1,25 +1,40 @@
-"""Per-arm results of one experiment, computed from the exposure and feedback logs.
+"""Per-arm results of one experiment version, from SQL aggregates in the experiment store.
 
 Only exposures of the experiment's current version (or the one asked for) with outcome
-`assigned` are analysed: a new version usually means new weights, and mixing versions would
-make the sample-ratio test meaningless; kill-switched requests were served control whatever
-their arm, so they are counted apart. Feedback joins on request id; the last value sent for a
-(request, metric) pair wins. The analysis unit for feedback is the request.
+`assigned` are analysed: a new version usually means new weights, and mixing versions would make
+the sample-ratio test meaningless; kill-switched requests were served control whatever their
+arm, so they are counted apart. Feedback joins on request id; the last value sent for a
+(request, metric) pair wins. The analysis unit for feedback and guardrails is the request.
+
+Every comparison (arm minus control) is sequential (`sequential.py`): an always-valid p-value
+and a confidence sequence, evaluated at LOOKS equally spaced times over the experiment so far,
+so the report can draw them over time and an operator may look whenever they like. Holm's
+correction runs over arms x feedback metrics, and separately over arms x guardrails; a
+guardrail is flagged `degraded` when the arm is significantly worse (higher) after correction.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
-from typing import Any, Literal
+import math
+from collections.abc import Callable
+from typing import Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from steer_serve.experiments import stats
-from steer_serve.experiments.config import ExperimentConfig
-from steer_serve.experiments.records import Exposure, Feedback
+from steer_serve.experiments import results_queries as queries
+from steer_serve.experiments import sequential, stats
+from steer_serve.experiments.config import Arm, ExperimentConfig
+from steer_serve.experiments.results_queries import Sums
+from steer_serve.experiments.store import ExperimentStore
 
 SRM_ALPHA = 0.001  # the conventional threshold for a sample ratio mismatch alarm
+ALPHA = 0.05
+LOOKS = 40
+METHOD = "mSPRT, normal mixture (Johari et al. 2022, 'Always Valid Inference'); Holm across arms x metrics"
+GUARDRAILS: dict[str, Literal["binary", "numeric"]] = {
+    "error_rate": "binary", "latency_above_control_p95": "binary", "ttft_above_control_p95": "binary",
+    "output_tokens": "numeric", "finish_length_share": "binary",
+}
 
 
 class ArmResult(BaseModel):
@@ -42,7 +57,17 @@ class SampleRatioResult(BaseModel):
     mismatch: bool
 
 
-class MetricComparison(BaseModel):
+class TrajectoryPoint(BaseModel):
+    ts: float
+    n: int
+    control_n: int
+    difference: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+
+
+class Comparison(BaseModel):
     metric: str
     kind: Literal["binary", "numeric"]
     arm: str
@@ -51,107 +76,130 @@ class MetricComparison(BaseModel):
     mean: float | None
     control_mean: float | None
     difference: float | None
-    ci_low: float | None
+    ci_low: float | None  # the confidence sequence now (valid at any look)
     ci_high: float | None
-    p_value: float | None
+    p_value: float | None  # always-valid p-value
+    p_adjusted: float | None = None  # Holm within its family
+    significant: bool = False
+    trajectory: list[TrajectoryPoint]
+
+
+class GuardrailComparison(Comparison):
+    degraded: bool = False
 
 
 class ExperimentResults(BaseModel):
     key: str
     version: int
+    alpha: float
+    method: str
     arms: list[ArmResult]
     sample_ratio: SampleRatioResult | None
-    metrics: list[MetricComparison]
+    metrics: list[Comparison]
+    guardrails: list[GuardrailComparison]
     feedback_unmatched: int
-    skipped_records: int
 
 
-def compute_results(config: ExperimentConfig, exposures: Iterable[dict[str, Any]],
-                    feedback: Iterable[dict[str, Any]], version: int | None = None) -> ExperimentResults:
+def compute_results(config: ExperimentConfig, store: ExperimentStore, version: int | None = None,
+                    alpha: float = ALPHA) -> ExperimentResults:
     version = config.version if version is None else version
-    mine, skipped = _exposures_of(config.key, version, exposures)
-    served = [e for e in mine if e.outcome == "assigned"]
-    by_arm = {arm.name: [e for e in served if e.arm == arm.name] for arm in config.arms}
-    arms = [_arm_result(arm, by_arm[arm.name], [e for e in mine if e.outcome == "killed" and e.assigned_arm == arm.name])
-            for arm in config.arms]
-    values, unmatched = _join_feedback({e.request_id: e.arm for e in served if e.request_id}, feedback)
-    comparisons = [c for metric in sorted(values) for c in _compare(config, metric, values[metric])]
-    return ExperimentResults(key=config.key, version=version, arms=arms, sample_ratio=_sample_ratio(config, arms),
-                             metrics=comparisons, feedback_unmatched=unmatched, skipped_records=skipped)
+    rows, killed = queries.arm_rows(store, config.key, version), queries.killed_counts(store, config.key, version)
+    arms = [_arm_result(arm, rows.get(arm.name), killed.get(arm.name, 0)) for arm in config.arms]
+    span = queries.time_span(store, config.key, version)
+    metrics: list[Comparison] = []
+    guardrails: list[GuardrailComparison] = []
+    if span is not None:
+        timeline = _Timeline(span)
+        control = rows.get(config.control_arm.name)
+        latency_p95 = control.latency[queries.P95] if control and control.latency else None
+        ttft_p95 = control.ttft[queries.P95] if control and control.ttft else None
+        guard = queries.guardrail_sums(store, config.key, version, timeline.start_ms, timeline.width_ms, latency_p95, ttft_p95)
+        guardrails = [GuardrailComparison(**c.model_dump()) for name, kind in GUARDRAILS.items()
+                      for c in _compare(config, name, kind, lambda arm, b, name=name: guard.get((arm, b), {}).get(name), timeline, alpha)]
+        sums, binary = queries.feedback_sums(store, config.key, version, timeline.start_ms, timeline.width_ms)
+        metrics = [c for metric in sorted(binary) for c in _compare(
+            config, metric, "binary" if binary[metric] else "numeric",
+            lambda arm, b, metric=metric: sums.get((metric, arm, b)), timeline, alpha)]
+        _correct(metrics, alpha)
+        _correct(guardrails, alpha)
+        for row in guardrails:
+            row.degraded = row.significant and (row.difference or 0) > 0
+    return ExperimentResults(key=config.key, version=version, alpha=alpha, method=METHOD, arms=arms,
+                             sample_ratio=_sample_ratio(arms), metrics=metrics, guardrails=guardrails,
+                             feedback_unmatched=queries.unmatched_feedback(store))
 
 
-def _exposures_of(key: str, version: int, records: Iterable[dict[str, Any]]) -> tuple[list[Exposure], int]:
-    kept, skipped = [], 0
-    for record in records:
-        if record.get("experiment") != key or record.get("version") != version:
+class _Timeline:
+    """LOOKS equal time buckets from the first to the last exposure (integer milliseconds)."""
+
+    def __init__(self, span: tuple[float, float]) -> None:
+        self.start_ms = math.floor(span[0] * 1000)
+        self.width_ms = max(1, math.ceil((math.ceil(span[1] * 1000) - self.start_ms + 1) / LOOKS))
+
+    def end_of(self, bucket: int) -> float:
+        return (self.start_ms + (bucket + 1) * self.width_ms) / 1000
+
+
+def _compare(config: ExperimentConfig, metric: str, kind: Literal["binary", "numeric"],
+             sums_of: Callable[[str, int], Sums | None], timeline: _Timeline, alpha: float) -> list[Comparison]:
+    control = config.control_arm.name
+    control_looks = _cumulate([sums_of(control, b) for b in range(LOOKS)])
+    rows = []
+    for arm in config.arms:
+        if arm.control:
             continue
-        try:
-            kept.append(Exposure.model_validate(record))
-        except ValidationError:
-            skipped += 1
-    return kept, skipped
+        arm_looks = _cumulate([sums_of(arm.name, b) for b in range(LOOKS)])
+        looks = [sequential.Look(a.n, *_moments(a), c.n, *_moments(c)) for a, c in zip(arm_looks, control_looks)]
+        points = sequential.trajectory(looks, alpha)
+        trajectory = [TrajectoryPoint(ts=timeline.end_of(b), n=looks[b].n, control_n=looks[b].control_n,
+                                      difference=p.difference, ci_low=p.ci_low, ci_high=p.ci_high, p_value=p.p_value)
+                      for b, p in enumerate(points) if p is not None]
+        last, final = looks[-1], trajectory[-1] if trajectory else None
+        rows.append(Comparison(
+            metric=metric, kind=kind, arm=arm.name, n=last.n, control_n=last.control_n,
+            mean=last.mean if last.n else None, control_mean=last.control_mean if last.control_n else None,
+            difference=final.difference if final else None, ci_low=final.ci_low if final else None,
+            ci_high=final.ci_high if final else None, p_value=final.p_value if final else None, trajectory=trajectory))
+    return rows
 
 
-def _arm_result(arm: Any, exposures: list[Exposure], killed: list[Exposure]) -> ArmResult:
-    ok = [e for e in exposures if not e.error]
-    tokens = [e.tokens for e in ok if e.tokens is not None]
-    return ArmResult(
-        name=arm.name, weight=arm.weight, control=arm.control, requests=len(exposures),
-        units=len({e.unit for e in exposures}), errors=len(exposures) - len(ok), killed=len(killed),
-        latency_s=stats.quantiles([e.latency_s for e in ok]),
-        ttft_s=stats.quantiles([e.ttft_s for e in ok if e.ttft_s is not None]),
-        mean_tokens=sum(tokens) / len(tokens) if tokens else None,
-    )
+def _cumulate(per_bucket: list[Sums | None]) -> list[Sums]:
+    out, n, total, squares = [], 0, 0.0, 0.0
+    for sums in per_bucket:
+        if sums is not None:
+            n, total, squares = n + sums.n, total + sums.total, squares + sums.squares
+        out.append(Sums(n, total, squares))
+    return out
 
 
-def _sample_ratio(config: ExperimentConfig, arms: list[ArmResult]) -> SampleRatioResult | None:
+def _moments(sums: Sums) -> tuple[float, float]:
+    """Mean and sample variance (ddof=1) from n, sum and sum of squares."""
+    if sums.n == 0:
+        return 0.0, 0.0
+    mean = sums.total / sums.n
+    variance = max(0.0, (sums.squares - sums.n * mean * mean) / (sums.n - 1)) if sums.n > 1 else 0.0
+    return mean, variance
+
+
+def _correct(rows: list, alpha: float) -> None:
+    for row, adjusted in zip(rows, stats.holm([row.p_value for row in rows])):
+        row.p_adjusted = adjusted
+        row.significant = adjusted is not None and adjusted < alpha
+
+
+def _arm_result(arm: Arm, row: queries.ArmRow | None, killed: int) -> ArmResult:
+    def named(values: list[float] | None) -> dict[str, float] | None:
+        return None if values is None else {f"p{round(q * 100)}": v for q, v in zip(queries.QUANTILE_POINTS, values)}
+    return ArmResult(name=arm.name, weight=arm.weight, control=arm.control, requests=row.requests if row else 0,
+                     units=row.units if row else 0, errors=row.errors if row else 0, killed=killed,
+                     latency_s=named(row.latency) if row else None, ttft_s=named(row.ttft) if row else None,
+                     mean_tokens=row.mean_tokens if row else None)
+
+
+def _sample_ratio(arms: list[ArmResult]) -> SampleRatioResult | None:
     result = stats.sample_ratio([arm.units for arm in arms], [arm.weight for arm in arms])
     if result is None:
         return None
     names = [arm.name for arm in arms if arm.weight > 0]
     return SampleRatioResult(chi2=result.chi2, p_value=result.p_value, expected_units=dict(zip(names, result.expected)),
                              mismatch=result.p_value < SRM_ALPHA)
-
-
-def _join_feedback(arm_of: dict[str, str], records: Iterable[dict[str, Any]]) -> tuple[dict[str, dict[str, list]], int]:
-    """metric -> arm -> values (last value per request), and how many feedback records matched no exposure."""
-    latest: dict[tuple[str, str], bool | float] = {}
-    unmatched = 0
-    for record in records:
-        try:
-            item = Feedback.model_validate(record)
-        except ValidationError:
-            continue
-        if item.request_id not in arm_of:
-            unmatched += 1
-            continue
-        latest[(item.metric, item.request_id)] = item.value
-    values: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for (metric, request_id), value in latest.items():
-        values[metric][arm_of[request_id]].append(value)
-    return values, unmatched
-
-
-def _compare(config: ExperimentConfig, metric: str, per_arm: dict[str, list]) -> list[MetricComparison]:
-    binary = all(isinstance(v, bool) for vs in per_arm.values() for v in vs)
-    control = per_arm.get(config.control_arm.name, [])
-    rows = []
-    for arm in config.arms:
-        if arm.control:
-            continue
-        treated = per_arm.get(arm.name, [])
-        if binary:
-            diff = stats.two_proportions(sum(treated), len(treated), sum(control), len(control))
-        else:
-            diff = stats.welch([float(v) for v in treated], [float(v) for v in control])
-        rows.append(MetricComparison(
-            metric=metric, kind="binary" if binary else "numeric", arm=arm.name, n=len(treated), control_n=len(control),
-            mean=_mean(treated), control_mean=_mean(control),
-            difference=diff.difference if diff else None, ci_low=diff.ci_low if diff else None,
-            ci_high=diff.ci_high if diff else None, p_value=diff.p_value if diff else None,
-        ))
-    return rows
-
-
-def _mean(values: list) -> float | None:
-    return sum(float(v) for v in values) / len(values) if values else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 
 import httpx
@@ -13,7 +14,10 @@ import pytest
 
 from harness.servers import ADMIN_KEY
 from steer_serve.cli import main
-from steer_serve.experiments.jsonl_log import read_records
+from sqlalchemy import select
+
+from steer_serve.experiments.db_schema import exposures as exposure_table
+from steer_serve.experiments.store import ExperimentStore
 from harness.metrics import counter_total
 
 pytestmark = pytest.mark.slow
@@ -101,13 +105,19 @@ def test_unit_less_and_forced_requests_are_excluded_and_counted(tiny_experiment_
 
 def test_exposures_feedback_and_results(tiny_experiment_server, traffic, experiments_dir, tmp_path) -> None:
     server = tiny_experiment_server
-    exposures = {r["request_id"]: r for r in read_records(experiments_dir / "exposures.jsonl")}
+    store = ExperimentStore(f"sqlite:///{experiments_dir / 'experiments.db'}")  # the default store
+    exposures: dict = {}
+    for _ in range(50):  # the outbox is flushed every 0.1 s
+        exposures = {r.request_id: r._asdict() for r in store.read(select(exposure_table))}
+        if all(_response_id(r) in exposures for r in traffic.values()):
+            break
+        time.sleep(0.1)
     for user, response in traffic.items():
         record = exposures[_response_id(response)]
         assert record["arm"] == response.headers[ARM] and record["experiment"] == "tone"
         assert record["tokens"] == 4 and record["finish_reason"] == "length" and record["status"] == 200
         assert (record["ttft_s"] is not None) == record["stream"] and record["latency_s"] > 0
-    assert "user-0" not in (experiments_dir / "exposures.jsonl").read_text()
+    assert "user-0" not in json.dumps(list(exposures.values()))
     for index, (user, response) in enumerate(traffic.items()):
         for metric, value in (("liked", index % 2 == 0), ("rating", float(index % 5))):
             answer = server.client.post("/v1/steering/feedback",

@@ -32,3 +32,13 @@ def test_environment_enables_both_plugins_and_v1_runner(tmp_path) -> None:
 
 def test_parse_layers() -> None:
     assert parse_layers("6-9,12") == [6, 7, 8, 9, 12]
+
+
+def test_several_api_servers_use_vllms_serve_path_and_the_store_url_is_passed_on() -> None:
+    one = serve_command(*_serve_args("--model", "/m"))
+    two = serve_command(*_serve_args("--model", "/m", "--api-server-count", "2"))
+    three = serve_command(*_serve_args("--model", "/m", "--api-server-count=3"))
+    assert one[2] == "vllm.entrypoints.launchers.api_server.entry"
+    assert two[2] == three[2] == "steer_serve_vllm.api.multi_api_entry" and two[-2:] == ["--api-server-count", "2"]
+    args, _ = _serve_args("--experiments-db", "postgresql://u@h/d")
+    assert serve_environment(args)["STEER_SERVE_EXPERIMENTS_DB"] == "postgresql://u@h/d"

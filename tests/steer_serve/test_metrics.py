@@ -8,8 +8,12 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from steer_serve import metrics
+from sqlalchemy import select
+
+from steer_serve.experiments.db_schema import exposures
+from steer_serve.experiments.outbox import Outbox
 from steer_serve.experiments.request_recorder import RequestRecorder
-from steer_serve.experiments.jsonl_log import read_records
+from steer_serve.experiments.store_writer import StoreWriter
 from steer_serve.experiments.response_observer import Observation
 from steer_serve_vllm.api.gateway import RequestGateway
 from harness.experiments import experiment, selector, two_arms, write_experiments
@@ -20,7 +24,7 @@ ADD = [{"type": "add", "vector": "v", "layers": [1], "scale": 2.0}]
 
 def test_every_metric_is_prefixed_and_in_the_default_registry() -> None:
     defined = [value for value in vars(metrics).values() if isinstance(value, MetricWrapperBase)]
-    assert len(defined) == 8
+    assert len(defined) == 13
     registered = {name for collector in REGISTRY._collector_to_names for name in REGISTRY._collector_to_names[collector]}
     for metric in defined:
         assert metric._name.startswith("steer_serve:"), metric._name
@@ -38,21 +42,23 @@ def test_rejection_reasons_are_a_fixed_vocabulary() -> None:
 
 def test_recorder_fills_series_per_arm_and_logs_only_experiment_requests(tmp_path) -> None:
     resolve = resolver(tmp_path, v=vector())
-    gateway = RequestGateway(resolve, selector(write_experiments(tmp_path / "exp", experiment("rec", two_arms(ADD))), resolve))
-    log = tmp_path / "exposures.jsonl"
-    recorder = RequestRecorder("tiny", log)
-    seen = Observation("chatcmpl-7", 200, False, True, 0.02, 0.3, 5, "chunks", "length")
-    for user in ("alice-secret", "bob-secret", "carol-secret", "dave-secret", "erin-secret"):
+    arms = selector(write_experiments(tmp_path / "exp", experiment("rec", two_arms(ADD))), resolve)
+    gateway = RequestGateway(resolve, arms)
+    writer = StoreWriter(arms.control.store, Outbox(tmp_path / "outbox", 1 << 20))
+    recorder = RequestRecorder("tiny", writer)
+    for i, user in enumerate(("alice-secret", "bob-secret", "carol-secret", "dave-secret", "erin-secret")):
+        seen = Observation(f"chatcmpl-{i}", 200, False, True, 0.02, 0.3, 5, "chunks", "length")
         decision = gateway.prepare("/v1/chat/completions", json.dumps({"user": user}).encode(), {})
         recorder.record(decision.assignment, decision.fingerprint, seen)
     recorder.record(None, None, seen)  # a request outside any experiment: metrics only
-    records = list(read_records(log))
+    writer.flush()
+    records = [dict(row._mapping) for row in arms.control.store.read(select(exposures))]
     assert len(records) == 5 and {r["arm"] for r in records} == {"control", "treatment"}
     text = generate_latest(REGISTRY).decode()
     assert 'steer_serve:requests_total{arm="treatment",experiment="rec",model="tiny",status="200"}' in text
     assert 'steer_serve:time_to_first_token_seconds_count{arm="control",experiment="rec"}' in text
     assert 'steer_serve:generation_tokens_total{arm="none",experiment="none"}' in text
-    assert "secret" not in text and "secret" not in log.read_text()
+    assert "secret" not in text and "secret" not in json.dumps(records)
 
 
 def test_grafana_dashboard_only_queries_metrics_we_export() -> None:

@@ -1,6 +1,8 @@
 """HTTP routes of A/B experiments: listing, results, feedback, and the admin routes (reload,
 kill switches) guarded by the admin key (`admin_auth`, shared with the library routes).
-Domain work lives in `steer_serve.experiments`."""
+Domain work lives in `steer_serve.experiments`. Feedback goes to the local outbox (it never
+waits for the database); results and admin changes need the database and answer 503 naming it
+when it is unreachable."""
 
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 from steer_serve import metrics
 from steer_serve.experiments.arm_selector import ArmSelector, LiveExperiment
 from steer_serve.experiments.config import ExperimentConfigError
-from steer_serve.experiments.control_state import ControlState
-from steer_serve.experiments.jsonl_log import append_record, read_records
+from steer_serve.experiments.records import ControlState
 from steer_serve.experiments.records import Feedback, FeedbackIn
 from steer_serve.experiments.results import compute_results
+from steer_serve.experiments.store import StoreUnavailable
 from steer_serve.request.errors import describe_validation_error
 from steer_serve_vllm.api.admin_auth import admin_refusal as _admin_refusal
 from steer_serve_vllm.api.errors import error_response as _error
@@ -57,11 +59,17 @@ async def _json_body(request: Request, model: type[BaseModel]) -> BaseModel | JS
 
 @router.get("/v1/steering/experiments")
 async def list_experiments(request: Request) -> Any:
-    selector = request.app.state.steer_serve.gateway.arms
+    service = request.app.state.steer_serve
+    selector = service.gateway.arms
     if selector is None:
-        return {"object": "list", "data": [], "kill_all": False}
+        return {"object": "list", "data": [], "kill_all": False, "store": None}
     state = selector.control.current()
-    return {"object": "list", "data": [_describe(e, state) for e in selector.experiments], "kill_all": state.kill_all}
+    return {"object": "list", "data": [_describe(e, state) for e in selector.experiments], "kill_all": state.kill_all,
+            "store": service.store.health()}
+
+
+def _unavailable(exc: StoreUnavailable, what: str) -> JSONResponse:
+    return _error(503, f"{what}: {exc}", "ServiceUnavailableError")
 
 
 @router.post("/v1/steering/experiments/reload")
@@ -74,6 +82,8 @@ async def reload_experiments(request: Request) -> Any:
         experiments = await asyncio.to_thread(selector.reload)
     except ExperimentConfigError as exc:
         return _error(400, f"reload refused, the previous experiments stay in force: {exc}", "BadRequestError")
+    except StoreUnavailable as exc:
+        return _unavailable(exc, "reloaded in this process only; the other processes and replicas were not told")
     return {"object": "list", "data": [_describe(e, selector.control.current()) for e in experiments]}
 
 
@@ -99,13 +109,11 @@ async def _switch(request: Request, key: str | None) -> Any:
     if isinstance(body, JSONResponse):
         return body
 
-    def change(state: ControlState) -> ControlState:
-        if key is None:
-            return state.model_copy(update={"kill_all": body.engaged})
-        killed = set(state.killed) | {key} if body.engaged else set(state.killed) - {key}
-        return state.model_copy(update={"killed": sorted(killed)})
-
-    state = await asyncio.to_thread(selector.control.update, change)
+    try:
+        state = await asyncio.to_thread(selector.control.store.set_kill_switch, key, body.engaged)
+    except StoreUnavailable as exc:
+        return _unavailable(exc, "kill switch not changed (it must reach every replica)")
+    selector.control.accept(state)
     metrics.KILL_SWITCH.labels(key or ALL).set(1 if body.engaged else 0)
     return {"object": "kill_switch", "experiment": key or ALL, "engaged": body.engaged, **state.model_dump()}
 
@@ -118,14 +126,16 @@ async def experiment_results(key: str, request: Request, version: int | None = N
     experiment = next((e for e in selector.experiments if e.config.key == key), None)
     if experiment is None:
         return _error(404, f"no experiment {key!r}", "NotFoundError", "key")
-    settings = request.app.state.steer_serve.settings
+    store = request.app.state.steer_serve.store.store
 
     def compute() -> dict[str, Any]:
-        exposures, feedback = read_records(settings.exposure_log_path), read_records(settings.feedback_log_path)
-        results = compute_results(experiment.config, exposures, feedback, version)
+        results = compute_results(experiment.config, store, version)
         return {"object": "experiment_results", **results.model_dump(), "assignments": metrics.assignment_counts(key)}
 
-    return await asyncio.to_thread(compute)
+    try:
+        return await asyncio.to_thread(compute)
+    except StoreUnavailable as exc:
+        return _unavailable(exc, "results need the experiment store")
 
 
 @router.post("/v1/steering/feedback")
@@ -137,6 +147,8 @@ async def post_feedback(request: Request) -> Any:
     if isinstance(body, JSONResponse):
         return body
     record = Feedback(**body.model_dump())
-    await asyncio.to_thread(append_record, request.app.state.steer_serve.settings.feedback_log_path,
-                            record.model_dump(mode="json"))
-    return {"object": "feedback", "request_id": record.request_id, "metric": record.metric, "accepted": True}
+    if not await asyncio.to_thread(request.app.state.steer_serve.store.writer.record, "feedback", record.row()):
+        return _error(503, "feedback dropped: the experiment store is unreachable and the local outbox is full",
+                      "ServiceUnavailableError")
+    return {"object": "feedback", "id": record.id, "request_id": record.request_id, "metric": record.metric,
+            "accepted": True}

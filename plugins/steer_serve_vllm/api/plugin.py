@@ -6,6 +6,7 @@ VLLM_PLUGINS, which `steer-serve serve` sets).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from argparse import Namespace
@@ -17,8 +18,8 @@ from fastapi import FastAPI
 
 from steer_serve import metrics
 from steer_serve.experiments.arm_selector import ArmSelector
-from steer_serve.experiments.control_state import ControlFile
 from steer_serve.experiments.request_recorder import RequestRecorder
+from steer_serve.experiments.store_services import StoreServices
 from steer_serve.model_shape import ModelShape
 from steer_serve.library.presets import PresetLibrary
 from steer_serve_vllm.model_config import model_shape
@@ -48,6 +49,7 @@ class SteeringService:
     presets: PresetLibrary
     gateway: RequestGateway
     recorder: RequestRecorder
+    store: StoreServices | None = None
     rejections: Counter = field(default_factory=Counter)
 
     def count_rejection(self, rejection: Rejection) -> None:
@@ -102,21 +104,29 @@ class SteerServeEndpointPlugin:
         plain = SteeringResolver(shape, library, settings)
         presets = PresetLibrary(settings.preset_dir, plain.resolve, poll_s=settings.library_poll_s)
         resolver = plain.with_presets(presets)
-        arms = _load_experiments(settings, resolver)
+        store = _open_store(settings)
+        arms = _load_experiments(settings, resolver, store)
         gateway = RequestGateway(resolver, arms)
-        recorder = RequestRecorder(shape.model_id, settings.exposure_log_path if arms else None)
-        state.steer_serve = SteeringService(settings, shape, library, presets, gateway, recorder)
+        recorder = RequestRecorder(shape.model_id, store.writer if store else None)
+        state.steer_serve = SteeringService(settings, shape, library, presets, gateway, recorder, store)
         logger.info("steer-serve: API ready for %s (%d vectors, %d presets)", shape, len(library), len(presets))
 
 
-def _load_experiments(settings: Settings, resolver: SteeringResolver) -> ArmSelector | None:
-    """The experiments, resolved against the model now: a bad file stops the server with its error."""
+def _open_store(settings: Settings) -> StoreServices | None:
+    """The experiment database and its threads; the last flush runs when the process exits."""
     if settings.experiments_dir is None:
         return None
-    settings.exposure_log_path.parent.mkdir(parents=True, exist_ok=True)
-    settings.feedback_log_path.parent.mkdir(parents=True, exist_ok=True)
-    arms = ArmSelector(settings.experiments_dir, resolver, ControlFile(settings.control_file_path))
+    store = StoreServices.open(settings)
+    atexit.register(store.close)
+    return store
+
+
+def _load_experiments(settings: Settings, resolver: SteeringResolver, store: StoreServices | None) -> ArmSelector | None:
+    """The experiments, resolved against the model now: a bad file stops the server with its error."""
+    if settings.experiments_dir is None or store is None:
+        return None
+    arms = ArmSelector(settings.experiments_dir, resolver, store.control)
     running = [e.config.key for e in arms.experiments if e.config.status == "running"]
-    logger.info("steer-serve: %d experiments (running: %s); exposures -> %s", len(arms.experiments),
-                ", ".join(running) or "none", settings.exposure_log_path)
+    logger.info("steer-serve: %d experiments (running: %s); store %s", len(arms.experiments),
+                ", ".join(running) or "none", store.store.display_url)
     return arms

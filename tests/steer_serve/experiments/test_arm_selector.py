@@ -12,7 +12,7 @@ from steer_serve.experiments.arm_selector import ARM_HEADER, EXPERIMENT_HEADER
 from steer_serve.experiments.config import ExperimentConfigError
 from steer_serve.request.errors import parse_steering
 from steer_serve_vllm.api.gateway import FINGERPRINT_HEADER, Forward, RequestGateway
-from harness.experiments import experiment, selector, two_arms, write_experiments
+from harness.experiments import experiment, selector, switch, two_arms, write_experiments
 from harness.libraries import resolver, vector
 
 ADD = [{"type": "add", "vector": "v", "layers": [1], "scale": 2.0}]
@@ -89,13 +89,13 @@ def test_other_endpoints_are_never_assigned(setup) -> None:
 def test_kill_switch_per_experiment_and_global_sends_everyone_to_control(setup) -> None:
     gateway, arms, _ = setup
     user = _user_in(gateway, "treatment")
-    arms.control.update(lambda s: s.model_copy(update={"killed": ["e"]}))
+    switch(arms, "e", True)
     killed = _prepare(gateway, {"user": user})
     assert killed.body is None and killed.headers[ARM_HEADER] == "control"
     assert killed.assignment.outcome == "killed" and killed.assignment.assigned_arm.name == "treatment"
-    arms.control.update(lambda s: s.model_copy(update={"killed": []}))
+    switch(arms, "e", False)
     assert _prepare(gateway, {"user": user}).headers[ARM_HEADER] == "treatment"
-    arms.control.update(lambda s: s.model_copy(update={"kill_all": True}))
+    switch(arms, None, True)
     assert _prepare(gateway, {"user": user}).assignment.outcome == "killed"
 
 
@@ -103,7 +103,8 @@ def test_kill_switch_reaches_another_process(setup, tmp_path) -> None:
     gateway, arms, resolve = setup
     other = selector(tmp_path / "exp", resolve)  # same files, as a second API-server process would have
     user = _user_in(gateway, "treatment")
-    arms.control.update(lambda s: s.model_copy(update={"kill_all": True}))
+    switch(arms, None, True)
+    other.control.refresh()  # what its follower thread does every 0.25 s
     assert RequestGateway(resolve, other).prepare("/v1/completions", json.dumps({"user": user}).encode()).assignment.outcome == "killed"
 
 
@@ -125,6 +126,7 @@ def test_reload_applies_everywhere_and_a_bad_file_keeps_the_old_set(setup, tmp_p
     other = selector(tmp_path / "exp", resolve)
     write_experiments(tmp_path / "exp", experiment("e", two_arms(ADD, control_weight=1, treatment_weight=0), version=2))
     arms.reload()
+    other.control.refresh()
     assert other.choose({"user": "u1"}, {}, forced=False).arm.name == "control"  # followed the generation
     write_experiments(tmp_path / "exp", experiment("e", two_arms([{"type": "add", "vector": "gone", "scale": 1.0}])))
     with pytest.raises(ExperimentConfigError, match="gone"):
