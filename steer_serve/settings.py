@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     outbox_dir: Path | None = Field(None, description="local spool for exposures/feedback (default: <experiments_dir>/outbox)")
     outbox_max_bytes: int = Field(256 * 1024 * 1024, ge=4096, description="outbox bound; past it records are dropped")
     control_poll_s: float = Field(0.25, gt=0, le=1, description="how often kill switches/reloads are read from the store")
+    policy_file: Path | None = Field(None, description="steering policy YAML (who may steer what); None: no policy")
     admin_key: SecretStr | None = Field(None, description="bearer key for the admin routes; None: admin routes refuse")
 
     @property
