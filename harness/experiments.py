@@ -32,14 +32,20 @@ def write_experiments(directory: Path, *experiments: dict[str, Any]) -> Path:
     return directory
 
 
-def selector(directory: Path, resolver: SteeringResolver) -> ArmSelector:
-    """A selector on the SQLite store in `directory` (shared by every selector made for it, as by
-    the processes of one server). Its control copy is refreshed by the tests (`switch`), not a thread."""
+def control_follower(directory: Path) -> ControlFollower:
+    """Kill switches and reloads read from the SQLite store in `directory`, refreshed by the tests."""
+    directory.mkdir(parents=True, exist_ok=True)
     store = ExperimentStore(f"sqlite:///{directory / 'experiments.db'}")
     store.migrate()
     control = ControlFollower(store)
     control.refresh()
-    return ArmSelector(directory, resolver, control)
+    return control
+
+
+def selector(directory: Path, resolver: SteeringResolver) -> ArmSelector:
+    """A selector on the SQLite store in `directory` (shared by every selector made for it, as by
+    the processes of one server). Its control copy is refreshed by the tests (`switch`), not a thread."""
+    return ArmSelector(directory, resolver, control_follower(directory))
 
 
 def switch(arms: ArmSelector, key: str | None, engaged: bool) -> None:

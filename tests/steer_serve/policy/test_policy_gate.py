@@ -10,7 +10,7 @@ import pytest
 
 from steer_serve.experiments.arm_selector import ArmSelector
 from steer_serve.experiments.config import ExperimentConfigError
-from steer_serve.experiments.control_state import ControlFile
+from harness.experiments import control_follower
 from steer_serve.policy.gate import PolicyGate, key_hash
 from steer_serve.policy.loader import PolicyError
 from steer_serve.library.presets import PresetError, PresetLibrary
@@ -154,7 +154,7 @@ def test_overriding_an_experiment_arm_follows_the_rule(world) -> None:
         {"name": "control", "weight": 1, "control": True},
         {"name": "inline", "weight": 1, "interventions": [{"type": "ablate", "vector": INLINE, "layers": [4]}]}]))
     gateway = _gateway(world)
-    gateway.arms = ArmSelector(directory, resolver, ControlFile(tmp_path / "c.json", poll_s=0))
+    gateway.arms = ArmSelector(directory, resolver, control_follower(tmp_path / "c"))
     _refused(_send(gateway, _add("v"), ALICE, user="u1"), "default.override_experiments")
     _allowed(_send(gateway, _add("v"), ALICE))  # no unit: not in the experiment
     _allowed(_send(gateway, _add("v"), BOB, user="u1"))  # bob may override
@@ -169,10 +169,10 @@ def test_arms_are_checked_and_dosed_at_load(world) -> None:
     bad = write_experiments(tmp_path / "bad", experiment("x", [{"name": "control", "weight": 1, "control": True},
                                                               {"name": "t", "weight": 1, "interventions": inline_arm}]))
     with pytest.raises(ExperimentConfigError, match="arm 't' breaks policy rule default.inline_vectors"):
-        ArmSelector(bad, resolver, ControlFile(tmp_path / "c.json", poll_s=0), gate.vet_experiment)
+        ArmSelector(bad, resolver, control_follower(tmp_path / "c"), gate.vet_experiment)
     good = write_experiments(tmp_path / "good", experiment("y", [{"name": "control", "weight": 1, "control": True},
                                                                 {"name": "t", "weight": 1, "preset": "light"}]))
-    selector = ArmSelector(good, resolver, ControlFile(tmp_path / "c2.json", poll_s=0), gate.vet_experiment)
+    selector = ArmSelector(good, resolver, control_follower(tmp_path / "c2"), gate.vet_experiment)
     assert selector.experiments[0].arms[1].steering.max_dose == 0.5  # the arms rule (here: default) doses arms
 
 
@@ -230,7 +230,7 @@ def test_the_shipped_production_policy_fits_the_shipped_library_presets_and_expe
     presets = PresetLibrary(REPO_CONFIGS / "presets", plain.resolve)
     resolver = plain.with_presets(presets)
     gate = PolicyGate(REPO_CONFIGS / "policies" / "production.yaml", lib, presets, resolver)
-    selector = ArmSelector(REPO_CONFIGS / "experiments", resolver, ControlFile(tmp_path / "c.json"), gate.vet_experiment)
+    selector = ArmSelector(REPO_CONFIGS / "experiments", resolver, control_follower(tmp_path / "c"), gate.vet_experiment)
     assert {arm.steering.max_dose for e in selector.experiments for arm in e.arms if arm.steering} == {0.5}
     gateway = RequestGateway(resolver, None, gate)
     _allowed(_send(gateway, {"preset": "gloomy_light"}, {}))
