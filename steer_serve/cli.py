@@ -38,6 +38,8 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
         env["STEER_SERVE_VECTOR_DIR"] = str(Path(args.vector_dir).resolve())
     if args.preset_dir is not None:
         env["STEER_SERVE_PRESET_DIR"] = str(Path(args.preset_dir).resolve())
+    if args.sae_dir is not None:
+        env["STEER_SERVE_SAE_DIR"] = str(Path(args.sae_dir).resolve())
     if args.experiments is not None:
         env["STEER_SERVE_EXPERIMENTS_DIR"] = str(Path(args.experiments).resolve())
     if args.exposure_log is not None:
@@ -169,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--vector-dir", default=None, help="steering vector library (default: configs/vectors)")
     serve.add_argument("--preset-dir", default=None, help="steering presets, YAML/JSON files (default: configs/presets)")
+    serve.add_argument("--sae-dir", default=None, help="SAE library (default: configs/saes)")
     serve.add_argument("--experiments", default=None, help="directory of A/B experiment YAML files")
     serve.add_argument("--exposure-log", default=None, help="exposure JSONL (default: <experiments>/exposures.jsonl)")
     serve.add_argument("--admin-key", default=None,

@@ -33,6 +33,8 @@ from steer_serve_vllm.api.library_routes import router as library_router
 from steer_serve_vllm.api.engine_routes import router as engine_router
 from steer_serve_vllm.api.engine_death import exit_nonzero_on_engine_death
 from steer_serve_vllm.names import ENDPOINT_PLUGIN, ENGINE_PLUGIN
+from steer_serve_vllm.api.sae_routes import router as sae_router
+from steer_serve.library.sae_library import SAELibrary
 
 logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
 
@@ -47,6 +49,7 @@ class SteeringService:
     presets: PresetLibrary
     gateway: RequestGateway
     recorder: RequestRecorder
+    saes: SAELibrary
     rejections: Counter = field(default_factory=Counter)
 
     def count_rejection(self, rejection: Rejection) -> None:
@@ -82,6 +85,7 @@ class SteerServeEndpointPlugin:
         app.include_router(library_router)
         app.include_router(experiment_router)
         app.include_router(engine_router)
+        app.include_router(sae_router)
         app.add_middleware(SteeringMiddleware)
         publish_steering_schema(app)
 
@@ -97,14 +101,16 @@ class SteerServeEndpointPlugin:
         # the gauge follows every (re)load: start, admin changes, other processes' changes
         library = VectorLibrary.load_dir(settings.vector_dir, shape, poll_s=settings.library_poll_s,
                                          on_change=metrics.VECTORS_LOADED.set)
-        plain = SteeringResolver(shape, library, settings)
+        saes = SAELibrary(settings.sae_dir, shape, poll_s=settings.library_poll_s)
+        plain = SteeringResolver(shape, library, settings, saes=saes)
         presets = PresetLibrary(settings.preset_dir, plain.resolve, poll_s=settings.library_poll_s)
         resolver = plain.with_presets(presets)
         arms = _load_experiments(settings, resolver)
         gateway = RequestGateway(resolver, arms)
         recorder = RequestRecorder(shape.model_id, settings.exposure_log_path if arms else None)
-        state.steer_serve = SteeringService(settings, shape, library, presets, gateway, recorder)
-        logger.info("steer-serve: API ready for %s (%d vectors, %d presets)", shape, len(library), len(presets))
+        state.steer_serve = SteeringService(settings, shape, library, presets, gateway, recorder, saes)
+        logger.info("steer-serve: API ready for %s (%d vectors, %d presets, %d SAEs)", shape, len(library),
+                    len(presets), len(saes))
 
 
 def _load_experiments(settings: Settings, resolver: SteeringResolver) -> ArmSelector | None:
