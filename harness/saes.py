@@ -37,7 +37,7 @@ def random_sae(name: str, layer: int, architecture: str, hidden: int, seed: int,
     rng = np.random.default_rng(seed)
     w_dec = rng.normal(size=(D_SAE, hidden)).astype(np.float32)
     w_dec /= np.linalg.norm(w_dec, axis=1, keepdims=True)
-    weights = {"W_enc": (w_dec.T * 2.0).astype(np.float32), "W_dec": w_dec,
+    weights = {"W_enc": np.ascontiguousarray(w_dec.T * 2.0, dtype=np.float32), "W_dec": w_dec,
                "b_enc": rng.normal(scale=0.05, size=D_SAE).astype(np.float32),
                "b_dec": rng.normal(scale=0.05, size=hidden).astype(np.float32)}
     if architecture == "jumprelu":
