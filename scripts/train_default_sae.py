@@ -37,42 +37,29 @@ def main() -> None:
     torch.manual_seed(SEED)
     model_dir = default_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    texts = dataset_texts(REPO_CONFIGS / "datasets", tokenizer) + list(stdlib_docstrings(args.docstrings))
+    labelled = dataset_texts(REPO_CONFIGS / "datasets", tokenizer)
+    labelled += [("stdlib", doc) for doc in stdlib_docstrings(args.docstrings)]
+    texts = [text for _, text in labelled]
     acts, origin, ids_of = collect(model_dir, LAYER, texts)
     order = np.random.default_rng(SEED).permutation(len(acts))
     split = int(0.9 * len(acts))
     train, heldout = acts[order[:split]], acts[order[split:]]
     sae = train_topk(train, WIDTH, K, args.steps, SEED, LAYER)
     report = evaluate(sae, heldout, len(train), args.steps)
-    gloomy = gloomy_features(sae, acts, origin, tokenizer)
+    gloomy = gloomy_features(sae, acts, origin, [source for source, _ in labelled])
     examples = top_tokens(sae, acts, origin, ids_of, tokenizer, gloomy)
     _write(sae, report, examples, len(texts))
 
 
-def gloomy_features(sae, acts: np.ndarray, origin: list[tuple[int, int]], tokenizer) -> list[int]:  # noqa: ANN001
+def gloomy_features(sae, acts: np.ndarray, origin: list[tuple[int, int]], sources: list[str]) -> list[int]:  # noqa: ANN001
     """The features whose mean activation differs most between the gloomy and the cheerful side of
-    configs/datasets/gloomy.jsonl (texts 2i and 2i+1 of that file in dataset_texts' order)."""
-    from steer_serve.activations import load_pairs
-
-    first = sorted((REPO_CONFIGS / "datasets").glob("*.jsonl")).index(REPO_CONFIGS / "datasets" / "gloomy.jsonl")
-    before = len(dataset_texts_upto(first, tokenizer))
-    count = 2 * len(load_pairs(REPO_CONFIGS / "datasets" / "gloomy.jsonl"))
-    text_of = np.array([text for text, _ in origin])
-    side = np.where((text_of >= before) & (text_of < before + count), (text_of - before) % 2, -1)  # 0 gloomy, 1 cheerful
+    configs/datasets/gloomy.jsonl (its pairs give texts in order: gloomy, cheerful, gloomy, ...)."""
+    gloomy_texts = [index for index, source in enumerate(sources) if source == "gloomy"]
+    side_of = {text: position % 2 for position, text in enumerate(gloomy_texts)}  # 0 gloomy, 1 cheerful
+    side = np.array([side_of.get(text, -1) for text, _ in origin])
     features = sae.encode(acts)
     difference = features[side == 0].mean(axis=0) - features[side == 1].mean(axis=0)
     return [int(f) for f in np.argsort(-difference)[:SHOWN_FEATURES]]
-
-
-def dataset_texts_upto(index: int, tokenizer) -> list[str]:  # noqa: ANN001
-    """The rendered texts of the dataset files sorted before file number `index`."""
-    import shutil
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as scratch:
-        for path in sorted((REPO_CONFIGS / "datasets").glob("*.jsonl"))[:index]:
-            shutil.copy(path, scratch)
-        return dataset_texts(Path(scratch), tokenizer)
 
 
 def _write(sae, report, examples, num_texts: int) -> None:  # noqa: ANN001

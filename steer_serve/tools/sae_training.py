@@ -42,15 +42,16 @@ class TrainingReport:
         return dict(self.__dict__)
 
 
-def dataset_texts(dataset_dir: Path, tokenizer) -> list[str]:  # noqa: ANN001
-    """Every example of the shipped datasets, rendered as the model reads it (sorted file order)."""
-    texts: list[str] = []
+def dataset_texts(dataset_dir: Path, tokenizer) -> list[tuple[str, str]]:  # noqa: ANN001
+    """(file stem, text) for every example of the shipped datasets, rendered as the model reads it,
+    in sorted file order; a contrastive pair gives its positive side, then its negative side."""
+    texts: list[tuple[str, str]] = []
     for path in sorted(dataset_dir.glob("*.jsonl")):
         first = json.loads(path.read_text().splitlines()[0])
         if "positive" in first or "positive_messages" in first:
-            texts += [render(pair.side(side), tokenizer) for pair in load_pairs(path) for side in (True, False)]
+            texts += [(path.stem, render(pair.side(side), tokenizer)) for pair in load_pairs(path) for side in (True, False)]
         elif "text" in first or "messages" in first:
-            texts += [render(example.content, tokenizer) for example in load_texts(path)]
+            texts += [(path.stem, render(example.content, tokenizer)) for example in load_texts(path)]
     return texts
 
 
