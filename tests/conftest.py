@@ -52,7 +52,7 @@ TINY_SAES = (("jr", 1, "jumprelu", {}), ("std", 2, "standard", {}), ("tk", 2, "t
 @pytest.fixture(scope="session")
 def tiny_saes() -> dict:
     """Random SAEs for the tiny model (by name), one per architecture, and one that does not fit it."""
-    from support.saes import random_sae
+    from harness.saes import random_sae
 
     saes = {name: random_sae(name, layer, kind, TINY_HIDDEN, seed, **extra)
             for seed, (name, layer, kind, extra) in enumerate(TINY_SAES)}
@@ -61,7 +61,7 @@ def tiny_saes() -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_sae_dir(tmp_path_factory: pytest.TempPathFactory, tiny_saes) -> Path:
-    from support.saes import write_library
+    from harness.saes import write_library
 
     return write_library(tmp_path_factory.mktemp("tiny-saes"), list(tiny_saes.values()))
 

@@ -18,15 +18,13 @@ import zipfile
 from typing import Any
 
 import numpy as np
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
 
 from steer_serve.library.sparse_autoencoder import SparseAutoencoder, check_sae
 
 WEIGHT_NAMES = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _RESID_POST = re.compile(r"blocks\.(\d{1,4})\.hook_resid_post")
 _RESID_PRE = re.compile(r"blocks\.(\d{1,4})\.hook_resid_pre")
 _HF_LAYER = re.compile(r"(?:model\.)?layers\.(\d{1,4})")
@@ -75,8 +73,7 @@ def read_gemma_scope(npz_bytes: bytes, layer: int) -> SparseAutoencoder:
             arrays = {name: archive[name] for name in archive.files}
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise SAEFormatError(f"params: not a valid .npz file ({exc})") from None
-    weights = {name: _float32(name, torch.from_numpy(np.array(value))) for name, value in arrays.items()
-               if name in WEIGHT_NAMES}
+    weights = {name: _float32(name, value) for name, value in arrays.items() if name in WEIGHT_NAMES}
     cfg = {"architecture": "jumprelu", "apply_b_dec_to_input": False, "normalize_activations": "none"}
     return _build(cfg, weights, layer)
 
@@ -90,7 +87,8 @@ def write_saelens(sae: SparseAutoencoder, hook_name: str | None = None) -> tuple
     }
     if sae.k is not None:
         cfg["k"] = sae.k
-    tensors = {name: torch.from_numpy(np.ascontiguousarray(getattr(sae, name), dtype=np.float32))
+    # C order: safetensors.numpy.save writes an array's buffer as is, whatever its strides
+    tensors = {name: np.ascontiguousarray(getattr(sae, name), dtype=np.float32)
                for name in WEIGHT_NAMES if getattr(sae, name) is not None}
     return json.dumps(cfg, indent=2).encode(), save_safetensors(tensors)
 
@@ -113,18 +111,20 @@ def _hook_layer(cfg: dict[str, Any]) -> int | None:
     return None
 
 
-def _read_safetensors(data: bytes) -> dict[str, torch.Tensor]:
+def _read_safetensors(data: bytes) -> dict[str, np.ndarray]:
     try:
         tensors = load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
         raise SAEFormatError(f"weights: not a valid safetensors file ({exc})") from None
+    except (TypeError, KeyError) as exc:  # a dtype numpy lacks (bfloat16): the API process stays free of torch
+        raise SAEFormatError(f"weights: unsupported dtype ({exc}); save the SAE in float32 or float16") from None
     return {name: _float32(name, tensor) for name, tensor in tensors.items() if name in WEIGHT_NAMES}
 
 
-def _float32(name: str, tensor: torch.Tensor) -> np.ndarray:
-    if tensor.dtype not in _FLOAT_DTYPES:
-        raise SAEFormatError(f"{name} has dtype {tensor.dtype}; SAE weights must be floating point")
-    return tensor.to(torch.float32).numpy()
+def _float32(name: str, array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind != "f":
+        raise SAEFormatError(f"{name} has dtype {array.dtype}; SAE weights must be floating point")
+    return array.astype(np.float32)
 
 
 def _build(cfg: dict[str, Any], weights: dict[str, np.ndarray], layer: int) -> SparseAutoencoder:

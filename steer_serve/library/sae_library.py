@@ -15,9 +15,9 @@ from pathlib import Path
 
 from steer_serve.library.sae_formats import SAEFormatError, layer_of_hook, read_gemma_scope, read_saelens, write_saelens
 from steer_serve.library.sparse_autoencoder import SparseAutoencoder
-from steer_serve.library_files import Signature, atomic_write, check_name, remove
+from steer_serve.library.library_files import Signature, atomic_write, check_name, remove
 from steer_serve.model_shape import ModelShape
-from steer_serve.named_store import NamedFileStore
+from steer_serve.library.named_store import NamedFileStore
 
 SIDECAR = ".json"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steer_serve.activations import capture_layers, load_model, token_ids
+from steer_serve.tools.activations import capture_layers, load_model, token_ids
 from steer_serve.library.sae_library import read_sae_files
 from steer_serve.library.sparse_autoencoder import SparseAutoencoder
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steer_serve.activations import capture_layers, load_model, load_pairs, load_texts, render, token_ids
+from steer_serve.tools.activations import capture_layers, load_model, load_pairs, load_texts, render, token_ids
 from steer_serve.library.sparse_autoencoder import SparseAutoencoder
 
 MAX_TOKENS_PER_TEXT = 128

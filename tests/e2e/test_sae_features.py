@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_HIDDEN
-from support.completions import agreedy, assert_same_generation, assert_steering_visible
-from support.hf_reference import Addition, FeatureClamp, Projection
-from support.saes import saelens_model
-from support.steering_cases import random_vector
+from harness.tiny_models import TINY_HIDDEN
+from harness.completions import agreedy, assert_same_generation, assert_steering_visible
+from harness.hf_reference import Addition, FeatureClamp, Projection
+from harness.saes import saelens_model
+from harness.steering_cases import random_vector
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("sae_lens")

@@ -108,6 +108,11 @@ def test_malformed_npz_is_refused() -> None:
         read_gemma_scope(buffer.getvalue(), layer=1)
 
 
+def test_bfloat16_weights_are_refused_with_the_fix() -> None:
+    with pytest.raises(SAEFormatError, match="save the SAE in float32"):
+        read_saelens(_cfg(), weights_of(sae(), b_dec=torch.zeros(D, dtype=torch.bfloat16)))
+
+
 def test_layer_given_must_agree_with_hook_name() -> None:
     with pytest.raises(SAEFormatError, match="layer 4 was given"):
         read_saelens(*write_saelens(sae()), layer=4)

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from steer_serve.library.sae_formats import read_saelens
-from steer_serve.steering_resolver import feature_clamp
-from steer_serve_vllm.layer_hooks import _project
-from support.saes import random_sae, saelens_model
+from steer_serve.request.steering_resolver import feature_clamp
+from steer_serve_vllm.engine.layer_hooks import _project
+from harness.saes import random_sae, saelens_model
 
 sae_lens = pytest.importorskip("sae_lens")
 D = 32

@@ -17,7 +17,7 @@ from starlette.datastructures import UploadFile
 
 from steer_serve.library.sae_formats import SAEFormatError, read_gemma_scope, read_saelens
 from steer_serve.library.sparse_autoencoder import SparseAutoencoder
-from steer_serve_vllm.admin_auth import admin_refusal, error_response
+from steer_serve_vllm.api.admin_auth import admin_refusal, error_response
 
 logger = logging.getLogger(f"vllm.{__name__}")
 
