@@ -15,9 +15,10 @@ from pathlib import Path
 
 from steer_serve.library.sae_formats import SAEFormatError, layer_of_hook, read_gemma_scope, read_saelens, write_saelens
 from steer_serve.library.sparse_autoencoder import SparseAutoencoder
-from steer_serve.library.library_files import Signature, atomic_write, check_name, remove
+from steer_serve.files import atomic_write, remove
+from steer_serve.library.library_files import Signature, check_name
 from steer_serve.model_shape import ModelShape
-from steer_serve.library.named_store import NamedFileStore
+from steer_serve.library.named_store import NamedFileStore, NameTaken
 
 SIDECAR = ".json"
 
@@ -65,7 +66,7 @@ class SAELibrary(NamedFileStore[SAEEntry]):
         with self._lock:
             self._reload()
             if self._exists(name) and not replace:
-                raise FileExistsError(f"an SAE named {name!r} exists (replace=true swaps it)")
+                raise NameTaken(f"an SAE named {name!r} exists (replace=true swaps it)")
             remove(self.directory / f"{name}.npz")
             atomic_write(self.directory / f"{name}{SIDECAR}", cfg)
             atomic_write(self.directory / f"{name}.safetensors", weights)

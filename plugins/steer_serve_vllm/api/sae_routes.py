@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
+from steer_serve.library.named_store import NameTaken
 from steer_serve.library.sae_formats import SAEFormatError, read_gemma_scope, read_saelens
 from steer_serve.library.sparse_autoencoder import SparseAutoencoder
 from steer_serve_vllm.api.admin_auth import admin_refusal, error_response
@@ -72,7 +73,7 @@ async def register_sae(request: Request) -> Any:
         return sae
     try:
         entry = await asyncio.to_thread(_saes(request).register, name, sae, replace)
-    except FileExistsError as exc:
+    except NameTaken as exc:
         return error_response(409, str(exc), "ConflictError", "name")
     except ValueError as exc:  # bad name, SAE for another model
         return _bad(f"SAE not registered: {exc}", "name" if "name" in str(exc).split(":")[0] else "cfg")
