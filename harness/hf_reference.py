@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import torch
 import torch.nn.functional as F
@@ -62,7 +62,24 @@ class RouterEdit:
     positions: str = "all"
 
 
-Edit = Union[Addition, Projection, HeadScale, RouterEdit]
+@dataclass(frozen=True)
+class FeatureClamp:
+    """Set an SAE feature to `value`: h + (value - f(h)) * decoder / s (s = sqrt(D)/|h| when `rescale`),
+    f being the SAE's own activation of the feature (SAELens's `encode`, passed in)."""
+
+    layer: int
+    feature: Callable[[torch.Tensor], torch.Tensor]  # [..., D] -> [...]
+    decoder: torch.Tensor  # [D]
+    value: float
+    rescale: bool = False
+    positions: str = "all"
+
+    def apply(self, h: torch.Tensor) -> torch.Tensor:
+        s = h.shape[-1] ** 0.5 / h.norm(dim=-1, keepdim=True) if self.rescale else 1.0
+        return h + (self.value - self.feature(h))[..., None] * self.decoder / s
+
+
+Edit = Union[Addition, Projection, HeadScale, RouterEdit, FeatureClamp]
 
 
 @dataclass(frozen=True)
@@ -78,7 +95,8 @@ class HFReference:
     @torch.no_grad()
     def greedy(self, prompt: list[int], max_tokens: int, edits: list[Edit] = ()) -> Generation:
         phase = {"now": "prompt"}
-        ordered = [e for e in edits if not isinstance(e, Projection)] + [e for e in edits if isinstance(e, Projection)]
+        last = (Projection, FeatureClamp)  # projections act on the stream after every addition
+        ordered = [e for e in edits if not isinstance(e, last)] + [e for e in edits if isinstance(e, last)]
         handles = [handle for edit in ordered for handle in self._install(edit, phase)]
         try:
             return self._decode(prompt, max_tokens, phase)
@@ -94,6 +112,8 @@ class HFReference:
         if isinstance(edit, Projection):
             d = edit.direction
             return [layer.register_forward_hook(_on_output(active, lambda h: h + (edit.value - h @ d)[..., None] * d))]
+        if isinstance(edit, FeatureClamp):
+            return [layer.register_forward_hook(_on_output(active, edit.apply))]
         if isinstance(edit, HeadScale):
             return [layer.self_attn.o_proj.register_forward_pre_hook(_scale_heads(active, edit.scales))]
         return _edit_router(layer.mlp.gate, active, edit)

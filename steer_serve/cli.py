@@ -53,6 +53,8 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
         env["STEER_SERVE_VECTOR_DIR"] = str(Path(args.vector_dir).resolve())
     if args.preset_dir is not None:
         env["STEER_SERVE_PRESET_DIR"] = str(Path(args.preset_dir).resolve())
+    if args.sae_dir is not None:
+        env["STEER_SERVE_SAE_DIR"] = str(Path(args.sae_dir).resolve())
     if args.experiments is not None:
         env["STEER_SERVE_EXPERIMENTS_DIR"] = str(Path(args.experiments).resolve())
     if args.experiments_db is not None:
@@ -232,6 +234,21 @@ def _run_loadtest(args: argparse.Namespace, passthrough: list[str]) -> int:
     return run(args)
 
 
+def _run_sae_top_features(args: argparse.Namespace, passthrough: list[str]) -> int:
+    from steer_serve.settings import REPO_CONFIGS
+    from steer_serve.tools.sae_top_features import render_table, sae_from_library, top_features
+
+    try:
+        sae = sae_from_library(Path(args.sae_dir) if args.sae_dir else REPO_CONFIGS / "saes", args.sae)
+        model = Path(args.model) if args.model else default_model_dir()
+        hits = top_features(model, sae, args.text, args.top)
+    except ValueError as exc:
+        print(f"steer-serve: {exc}", file=sys.stderr)
+        return 2
+    print(render_table(hits, args.sae, sae.layer))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steer-serve", description=__doc__, allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -245,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--vector-dir", default=None, help="steering vector library (default: configs/vectors)")
     serve.add_argument("--preset-dir", default=None, help="steering presets, YAML/JSON files (default: configs/presets)")
+    serve.add_argument("--sae-dir", default=None, help="SAE library (default: configs/saes)")
     serve.add_argument("--experiments", default=None, help="directory of A/B experiment YAML files")
     serve.add_argument("--experiments-db", default=None,
                        help="experiment store: postgresql://user:pass@host/db (replicas share it) or sqlite:///FILE "
@@ -319,6 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(loadtest)
     loadtest.set_defaults(handler=_run_loadtest)
+
+    sae = commands.add_parser("sae", help="sparse autoencoders").add_subparsers(dest="sae_command", required=True)
+    top = sae.add_parser("top-features", help="which features of a library SAE fire on a text (HF model, offline)")
+    top.add_argument("--sae", required=True, help="SAE name in the library")
+    top.add_argument("--text", required=True, help="the text to encode (as the model reads it; no chat template)")
+    top.add_argument("--top", type=int, default=10, help="how many features to list")
+    top.add_argument("--sae-dir", default=None, help="SAE library (default: configs/saes)")
+    top.add_argument("--model", default=None, help=f"HF model directory (default: {DEFAULT_MODEL_NAME})")
+    top.set_defaults(handler=_run_sae_top_features)
 
     model = commands.add_parser("default-model", help="convert (once) and print the default model directory")
     model.set_defaults(handler=_run_default_model)

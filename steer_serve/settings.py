@@ -19,6 +19,7 @@ class Settings(BaseSettings):
 
     vector_dir: Path = Field(REPO_CONFIGS / "vectors", description="steering vector library directory")
     preset_dir: Path = Field(REPO_CONFIGS / "presets", description="directory of preset YAML/JSON files")
+    sae_dir: Path = Field(REPO_CONFIGS / "saes", description="SAE library: NAME.safetensors + NAME.json (SAELens) or NAME.npz + NAME.json")
     max_vector_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest vector file accepted by upload")
     library_poll_s: float = Field(1.0, ge=0, description="how often a process checks the vector/preset dirs for changes")
     max_interventions: int = Field(16, ge=1, description="interventions allowed in one request")

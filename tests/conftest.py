@@ -45,6 +45,27 @@ def tiny_vector_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+TINY_SAES = (("jr", 1, "jumprelu", {}), ("std", 2, "standard", {}), ("tk", 2, "topk", {"k": 16}),
+             ("rescaled", 3, "jumprelu", {"normalize": "constant_norm_rescale"}))
+
+
+@pytest.fixture(scope="session")
+def tiny_saes() -> dict:
+    """Random SAEs for the tiny model (by name), one per architecture, and one that does not fit it."""
+    from harness.saes import random_sae
+
+    saes = {name: random_sae(name, layer, kind, TINY_HIDDEN, seed, **extra)
+            for seed, (name, layer, kind, extra) in enumerate(TINY_SAES)}
+    return saes | {"other_model": random_sae("other_model", 1, "standard", 64, 9)}
+
+
+@pytest.fixture(scope="session")
+def tiny_sae_dir(tmp_path_factory: pytest.TempPathFactory, tiny_saes) -> Path:
+    from harness.saes import write_library
+
+    return write_library(tmp_path_factory.mktemp("tiny-saes"), list(tiny_saes.values()))
+
+
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("server-logs")
@@ -57,13 +78,15 @@ def _serve(request: pytest.FixtureRequest, **kwargs) -> Server:
 
 
 @pytest.fixture(scope="session")
-def tiny_eager_server(request, tiny_llama_dir, tiny_vector_dir, log_dir) -> Server:
-    return _serve(request, model=tiny_llama_dir, log_dir=log_dir, vector_dir=tiny_vector_dir, eager=True)
+def tiny_eager_server(request, tiny_llama_dir, tiny_vector_dir, tiny_sae_dir, log_dir) -> Server:
+    return _serve(request, model=tiny_llama_dir, log_dir=log_dir, vector_dir=tiny_vector_dir, eager=True,
+                  extra_args=["--sae-dir", str(tiny_sae_dir)])
 
 
 @pytest.fixture(scope="module")
-def tiny_compiled_server(request, tiny_llama_dir, tiny_vector_dir, log_dir) -> Server:
-    return _serve(request, model=tiny_llama_dir, log_dir=log_dir, vector_dir=tiny_vector_dir, eager=False)
+def tiny_compiled_server(request, tiny_llama_dir, tiny_vector_dir, tiny_sae_dir, log_dir) -> Server:
+    return _serve(request, model=tiny_llama_dir, log_dir=log_dir, vector_dir=tiny_vector_dir, eager=False,
+                  extra_args=["--sae-dir", str(tiny_sae_dir)])
 
 
 @pytest.fixture(scope="module")

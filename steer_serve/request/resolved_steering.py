@@ -34,14 +34,36 @@ class LayerAddition:
     vector: np.ndarray
 
 
+NO_THRESHOLD = float("-inf")
+
+
 @dataclass(frozen=True)
 class LayerProjection:
-    """Set the layer output's component along unit `direction` ([D]) to `value` (0 = ablate)."""
+    """Set a read-out f of the layer output h to `value` by moving h along `direction` ([D]):
+
+        f = g(s * (h . encoder) + offset),   g(x) = x * (x > threshold)
+        h <- h + (value - f) * direction / s
+
+    with s = sqrt(D) / |h| when `rescale` and 1 otherwise.
+    - ablate / clamp: encoder = direction (unit), offset 0, no threshold: h + (value - h.d) d.
+    - SAE feature clamp (SAELens's encoder for feature i): encoder = W_enc[:, i],
+      direction = W_dec[i], offset = b_enc[i] - b_dec . W_enc[:, i] (when b_dec is applied to the
+      input), threshold 0 (ReLU) or max(JumpReLU threshold, 0); `rescale` for
+      constant_norm_rescale SAEs, whose reconstruction is scaled back by 1 / s.
+    """
 
     layer: int
     positions: Positions
     direction: np.ndarray
     value: float
+    encoder: np.ndarray | None = None  # None: the direction itself
+    offset: float = 0.0
+    threshold: float = NO_THRESHOLD
+    rescale: bool = False
+
+    @property
+    def reads(self) -> np.ndarray:
+        return self.direction if self.encoder is None else self.encoder
 
 
 @dataclass(frozen=True)
@@ -98,6 +120,8 @@ class ResolvedSteering:
             _update(digest, f"|add|{add.layer}|{add.positions}|", add.vector)
         for proj in self.projections:
             _update(digest, f"|proj|{proj.layer}|{proj.positions}|{proj.value!r}|", proj.direction)
+            if proj.encoder is not None or proj.rescale:  # SAE feature clamps; plain projections hash as before
+                _update(digest, f"|reads|{proj.offset!r}|{proj.threshold!r}|{proj.rescale}|", proj.reads)
         for heads in self.head_scales:
             _update(digest, f"|heads|{heads.layer}|{heads.positions}|", heads.scales)
         for route in self.expert_routing:

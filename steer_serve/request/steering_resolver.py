@@ -27,6 +27,7 @@ from steer_serve.request.steering_spec import (
     AddIntervention,
     ClampIntervention,
     ExpertsIntervention,
+    FeatureIntervention,
     HeadsIntervention,
     SteeringSpec,
 )
@@ -34,23 +35,26 @@ from steer_serve.request.steering_spec import (
 if TYPE_CHECKING:
     from steer_serve.library.presets import PresetLibrary
     from steer_serve.library.vector_library import VectorLibrary
+    from steer_serve.library.sae_library import SAELibrary
+    from steer_serve.library.sparse_autoencoder import SparseAutoencoder
 
 _PHASE_NAMES = ("prompt", "generated")
 
 
 class SteeringResolver:
     def __init__(self, shape: ModelShape, library: "VectorLibrary", settings: Settings,
-                 presets: "PresetLibrary | None" = None) -> None:
+                 presets: "PresetLibrary | None" = None, saes: "SAELibrary | None" = None) -> None:
         self.shape = shape
         self.library = library
         self.settings = settings
         self.presets = presets
+        self.saes = saes
 
     def with_presets(self, presets: "PresetLibrary") -> "SteeringResolver":
         """This resolver, extended by `presets`. The presets themselves are checked by the resolver
         without them (`PresetLibrary(directory, check=resolver.resolve)`): a preset holds
         interventions only, never another preset."""
-        return SteeringResolver(self.shape, self.library, self.settings, presets)
+        return SteeringResolver(self.shape, self.library, self.settings, presets, self.saes)
 
     def resolve(self, spec: SteeringSpec) -> ResolvedSteering:
         expanded = self._expand(spec)
@@ -69,6 +73,8 @@ class SteeringResolver:
                     self._project(intervention, where, builder)
                 elif isinstance(intervention, ExpertsIntervention):
                     self._experts(intervention, where, builder)
+                elif isinstance(intervention, FeatureIntervention):
+                    self._feature(intervention, where, builder)
                 else:
                     self._heads(intervention, where, builder)
         self._check_projection_counts(builder)
@@ -127,6 +133,31 @@ class SteeringResolver:
                     f"at most {MAX_PROJECTIONS_PER_LAYER} per layer",
                     "steering.interventions",
                 )
+
+    # ---- SAE features --------------------------------------------------------------------
+    def _feature(self, edit: FeatureIntervention, where: str, builder: SteeringBuilder) -> None:
+        """`strength`: an addition of the decoder row; `clamp`: a projection read by the SAE's encoder."""
+        sae = self._sae(edit.sae, f"{where}.sae")
+        if not edit.feature < sae.d_sae:
+            raise SteeringError(f"feature {edit.feature} does not exist in SAE {edit.sae!r} (features 0..{sae.d_sae - 1})",
+                                f"{where}.feature")
+        if edit.strength is not None:
+            self._check_magnitude(float(edit.strength), f"strength {edit.strength}", f"{where}.strength")
+            builder.add(sae.layer, edit.positions, np.float32(edit.strength) * sae.decoder_row(edit.feature, edit.normalize))
+            return
+        if sae.architecture == "topk":
+            raise SteeringError(f"clamp needs a standard or jumprelu SAE; {edit.sae!r} is topk, where a feature's "
+                                "activation depends on every other feature (use `strength`)", f"{where}.clamp")
+        self._check_magnitude(float(edit.clamp), f"clamp value {edit.clamp}", f"{where}.clamp")
+        builder.projections.append(feature_clamp(sae, edit.feature, float(edit.clamp), edit.positions))
+
+    def _sae(self, name: str, where: str) -> "SparseAutoencoder":
+        if self.saes is None:
+            raise SteeringError("no SAE library is configured on this server (steer-serve serve --sae-dir DIR)", where)
+        try:
+            return self.saes.get(name).sae
+        except KeyError as exc:
+            raise SteeringError(exc.args[0], where) from None
 
     # ---- experts -----------------------------------------------------------------------
     def _experts(self, edit: ExpertsIntervention, where: str, builder: SteeringBuilder) -> None:
@@ -266,6 +297,15 @@ class SteeringResolver:
 
 
 _F32_MAX = float(np.finfo(np.float32).max)
+
+
+def feature_clamp(sae: "SparseAutoencoder", feature: int, value: float, positions: str) -> LayerProjection:
+    """The engine's projection that sets SAE feature `feature` to `value` (see LayerProjection)."""
+    encoder = sae.W_enc[:, feature].astype(np.float32)  # [D]
+    offset = float(sae.b_enc[feature]) - float(sae.apply_b_dec_to_input) * float(sae.b_dec.astype(np.float64) @ encoder)
+    threshold = 0.0 if sae.threshold is None else max(float(sae.threshold[feature]), 0.0)
+    return LayerProjection(sae.layer, positions, sae.W_dec[feature].astype(np.float32), value, encoder=encoder,  # type: ignore[arg-type]
+                           offset=offset, threshold=threshold, rescale=sae.normalize_activations == "constant_norm_rescale")
 
 
 def _check_float32(builder: SteeringBuilder) -> None:

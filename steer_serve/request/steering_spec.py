@@ -170,11 +170,35 @@ class HeadsIntervention(_Intervention):
         return self
 
 
+class FeatureIntervention(_Intervention):
+    """A sparse-autoencoder feature of the library's SAE `sae`, at the SAE's layer: add
+    `strength * W_dec[feature]` (`normalize`: a unit-norm decoder row), or `clamp` the feature's
+    activation to a value: `h + (clamp - f(h)) * W_dec[feature]`, f being the SAE's own encoder."""
+
+    type: Literal["feature"]
+    sae: Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_LENGTH)] = Field(description="an SAE library name")
+    feature: Annotated[StrictInt, Field(ge=0, le=2**31)] = Field(description="feature index, 0..d_sae-1")
+    strength: Number | None = Field(None, description="add strength * W_dec[feature] to the layer output")
+    clamp: Number | None = Field(None, description="set the feature's activation to this value")
+    normalize: bool = Field(False, description="use the unit-normalised decoder row (with `strength`)")
+
+    @model_validator(mode="after")
+    def _strength_or_clamp(self) -> "FeatureIntervention":
+        if (self.strength is None) == (self.clamp is None):
+            raise ValueError("give exactly one of `strength` (add) and `clamp` (set the activation)")
+        if self.clamp is not None and self.normalize:
+            raise ValueError("`normalize` applies to `strength` only")
+        value = self.strength if self.strength is not None else self.clamp
+        _require_finite(value, "strength" if self.strength is not None else "clamp")
+        return self
+
+
 Intervention = Annotated[
-    Union[AddIntervention, AblateIntervention, ClampIntervention, ExpertsIntervention, HeadsIntervention],
+    Union[AddIntervention, AblateIntervention, ClampIntervention, ExpertsIntervention, HeadsIntervention,
+          FeatureIntervention],
     Field(discriminator="type"),
 ]
-INTERVENTION_TYPES = frozenset({"add", "ablate", "clamp", "experts", "heads"})
+INTERVENTION_TYPES = frozenset({"add", "ablate", "clamp", "experts", "heads", "feature"})
 
 
 class SteeringSpec(BaseModel):

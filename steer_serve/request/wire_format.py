@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -33,10 +34,7 @@ def encode(steering: ResolvedSteering) -> str:
         "v": _VERSION,
         "fingerprint": steering.fingerprint,
         "add": [{"layer": a.layer, "positions": a.positions, "vector": _pack(a.vector)} for a in steering.additions],
-        "proj": [
-            {"layer": p.layer, "positions": p.positions, "dir": _pack(p.direction), "value": p.value}
-            for p in steering.projections
-        ],
+        "proj": [_projection(p) for p in steering.projections],
         "heads": [{"layer": h.layer, "positions": h.positions, "scales": _pack(h.scales)} for h in steering.head_scales],
         "experts": [
             {"layer": r.layer, "positions": r.positions, "disable": list(r.disabled), "force": list(r.forced)}
@@ -54,10 +52,7 @@ def decode(payload: str) -> tuple[str, ResolvedSteering]:
         raise ValueError(f"unsupported steer_serve payload version {data.get('v')!r}")
     steering = ResolvedSteering(
         additions=tuple(LayerAddition(int(a["layer"]), a["positions"], _unpack(a["vector"])) for a in data["add"]),
-        projections=tuple(
-            LayerProjection(int(p["layer"]), p["positions"], _unpack(p["dir"]), float(p["value"]))
-            for p in data.get("proj", [])
-        ),
+        projections=tuple(_read_projection(p) for p in data.get("proj", [])),
         head_scales=tuple(HeadScales(int(h["layer"]), h["positions"], _unpack(h["scales"])) for h in data.get("heads", [])),
         expert_routing=tuple(
             ExpertRouting(int(r["layer"]), r["positions"], tuple(r["disable"]), tuple(r["force"]))
@@ -66,3 +61,18 @@ def decode(payload: str) -> tuple[str, ResolvedSteering]:
         max_dose=None if data.get("dose") is None else float(data["dose"]),
     )
     return str(data["fingerprint"]), steering
+
+
+def _projection(p: LayerProjection) -> dict[str, Any]:
+    entry: dict[str, Any] = {"layer": p.layer, "positions": p.positions, "dir": _pack(p.direction), "value": p.value}
+    if p.encoder is not None or p.rescale:  # an SAE feature clamp
+        entry |= {"enc": _pack(p.reads), "offset": p.offset, "threshold": p.threshold, "rescale": p.rescale}
+    return entry
+
+
+def _read_projection(p: dict[str, Any]) -> LayerProjection:
+    base = LayerProjection(int(p["layer"]), p["positions"], _unpack(p["dir"]), float(p["value"]))
+    if "enc" not in p:
+        return base
+    return replace(base, encoder=_unpack(p["enc"]), offset=float(p["offset"]), threshold=float(p["threshold"]),
+                   rescale=bool(p["rescale"]))

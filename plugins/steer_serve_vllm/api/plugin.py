@@ -37,6 +37,8 @@ from steer_serve_vllm.api.engine_routes import router as engine_router
 from steer_serve_vllm.api.engine_death import exit_nonzero_on_engine_death
 from steer_serve_vllm.names import ENDPOINT_PLUGIN, ENGINE_PLUGIN
 from steer_serve_vllm.registration import engine_plugin_registered
+from steer_serve_vllm.api.sae_routes import router as sae_router
+from steer_serve.library.sae_library import SAELibrary
 
 logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
 
@@ -52,6 +54,7 @@ class SteeringService:
     gateway: RequestGateway
     recorder: RequestRecorder
     store: StoreServices | None = None
+    saes: SAELibrary | None = None
     rejections: Counter = field(default_factory=Counter)
 
     def count_rejection(self, rejection: Rejection) -> None:
@@ -92,6 +95,7 @@ class SteerServeEndpointPlugin:
         app.include_router(experiment_router)
         app.include_router(policy_router)
         app.include_router(engine_router)
+        app.include_router(sae_router)
         app.add_middleware(SteeringMiddleware)
         publish_steering_schema(app)
 
@@ -107,7 +111,8 @@ class SteerServeEndpointPlugin:
         # the gauge follows every (re)load: start, admin changes, other processes' changes
         library = VectorLibrary.load_dir(settings.vector_dir, shape, poll_s=settings.library_poll_s,
                                          on_change=metrics.VECTORS_LOADED.set)
-        plain = SteeringResolver(shape, library, settings)
+        saes = SAELibrary(settings.sae_dir, shape, poll_s=settings.library_poll_s)
+        plain = SteeringResolver(shape, library, settings, saes=saes)
         presets = PresetLibrary(settings.preset_dir, plain.resolve, poll_s=settings.library_poll_s)
         resolver = plain.with_presets(presets)
         store = _open_store(settings)
@@ -116,8 +121,9 @@ class SteerServeEndpointPlugin:
         arms = _load_experiments(settings, resolver, store, policy)
         gateway = RequestGateway(resolver, arms, policy)
         recorder = RequestRecorder(shape.model_id, store.writer if store else None)
-        state.steer_serve = SteeringService(settings, shape, library, presets, gateway, recorder, store)
-        logger.info("steer-serve: API ready for %s (%d vectors, %d presets)", shape, len(library), len(presets))
+        state.steer_serve = SteeringService(settings, shape, library, presets, gateway, recorder, store, saes)
+        logger.info("steer-serve: API ready for %s (%d vectors, %d presets, %d SAEs)", shape, len(library),
+                    len(presets), len(saes))
 
 
 def _open_store(settings: Settings) -> StoreServices | None:

@@ -79,14 +79,31 @@ def _residual_hook(runtime: SteeringRuntime, layer: int, max_dose: float | None,
         if not needed("projection"):
             return hidden, residual
         directions = tables.proj_dir[layer].index_select(0, rows)  # [T, K, D]
+        encoders = tables.proj_enc[layer].index_select(0, rows)  # [T, K, D]
         values = tables.proj_value[layer].index_select(0, rows)  # [T, K]
+        offsets = tables.proj_offset[layer].index_select(0, rows)  # [T, K]
+        thresholds = tables.proj_threshold[layer].index_select(0, rows)  # [T, K]
+        rescales = tables.proj_rescale[layer].index_select(0, rows)  # [T, K]
         for k in range(num_projections):
-            unit = directions[:, k]  # [T, D]; zero rows make this a no-op
-            current = ((hidden + residual) * unit).sum(dim=-1, keepdim=True)  # [T, 1]
-            residual = residual + (values[:, k : k + 1] - current) * unit  # [T, D]
+            residual = _project(hidden + residual, residual, directions[:, k], encoders[:, k], values[:, k : k + 1],
+                                offsets[:, k : k + 1], thresholds[:, k : k + 1], rescales[:, k : k + 1])
         return hidden, residual
 
     return edit_layer_output
+
+
+def _project(stream: torch.Tensor, residual: torch.Tensor, direction: torch.Tensor, encoder: torch.Tensor,
+             value: torch.Tensor, offset: torch.Tensor, threshold: torch.Tensor, rescale: torch.Tensor) -> torch.Tensor:
+    """One projection edit (ablate, clamp, SAE feature clamp; formulas on LayerProjection).
+
+    stream/residual/direction/encoder: [T, D]; value/offset/threshold/rescale: [T, 1].
+    Unused rows have a zero direction, which makes the edit exactly zero.
+    """
+    norm = stream.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [T, 1]
+    scale = 1.0 + rescale * (stream.shape[-1] ** 0.5 / norm - 1.0)  # [T, 1]; 1 unless constant_norm_rescale
+    read = scale * (stream * encoder).sum(dim=-1, keepdim=True) + offset  # [T, 1]
+    feature = read * (read > threshold).to(read.dtype)  # [T, 1]; -inf threshold: the read itself
+    return residual + (value - feature) * direction / scale  # [T, D]
 
 
 def _clip_dose(delta: torch.Tensor, stream: torch.Tensor, max_dose: float) -> torch.Tensor:

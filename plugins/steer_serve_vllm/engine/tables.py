@@ -20,8 +20,14 @@ class SteeringTables:
         rows = 2 * (num_slots + 1)
         L, D, K = shape.num_layers, shape.hidden_size, MAX_PROJECTIONS_PER_LAYER
         self.add = torch.zeros(L, rows, D, device=device, dtype=dtype)  # [L, R, D]
+        # Projections (ablate, clamp, SAE feature clamp; see LayerProjection): the edit moves the
+        # stream along proj_dir by (value - f), f read through proj_enc, proj_offset, proj_threshold.
         self.proj_dir = torch.zeros(L, rows, K, D, device=device, dtype=dtype)  # [L, R, K, D]
+        self.proj_enc = torch.zeros(L, rows, K, D, device=device, dtype=dtype)  # [L, R, K, D]
         self.proj_value = torch.zeros(L, rows, K, device=device, dtype=dtype)  # [L, R, K]
+        self.proj_offset = torch.zeros(L, rows, K, device=device, dtype=dtype)  # [L, R, K]
+        self.proj_threshold = torch.full((L, rows, K), float("-inf"), device=device, dtype=dtype)  # [L, R, K]
+        self.proj_rescale = torch.zeros(L, rows, K, device=device, dtype=dtype)  # [L, R, K] 1: constant_norm_rescale
         self.head_scale = torch.ones(L, rows, max(shape.num_heads, 1), device=device, dtype=dtype)  # [L, R, H]
         experts = max(shape.experts_per_layer.values(), default=0)
         # Router logits are float32 in vLLM's GateLinear; -inf must stay exact.
@@ -32,13 +38,15 @@ class SteeringTables:
     @property
     def nbytes(self) -> int:
         """Device memory held by the tables (reported by the engine stats route)."""
-        tables = (self.add, self.proj_dir, self.proj_value, self.head_scale, self.router_bias, self.dose)
+        tables = (self.add, self.proj_dir, self.proj_enc, self.proj_value, self.proj_offset, self.proj_threshold,
+                  self.proj_rescale, self.head_scale, self.router_bias, self.dose)
         return sum(t.numel() * t.element_size() for t in tables)
 
     def load(self, slot: int, steering: ResolvedSteering) -> None:
         """Overwrite slot `slot` (both phase rows) with `steering`; out-of-range entries are skipped."""
         rows = slice(2 * slot, 2 * slot + 2)
-        for table, identity in ((self.add, 0.0), (self.proj_dir, 0.0), (self.proj_value, 0.0),
+        for table, identity in ((self.add, 0.0), (self.proj_dir, 0.0), (self.proj_enc, 0.0), (self.proj_value, 0.0),
+                                (self.proj_offset, 0.0), (self.proj_threshold, float("-inf")), (self.proj_rescale, 0.0),
                                 (self.head_scale, 1.0), (self.router_bias, 0.0)):
             table[:, rows].fill_(identity)
         self.dose[rows] = 0.0 if steering.max_dose is None else steering.max_dose
@@ -63,12 +71,17 @@ class SteeringTables:
             if not self._fits(proj.layer):
                 continue
             direction = torch.from_numpy(proj.direction).to(self.proj_dir.device, self.proj_dir.dtype)  # [D]
+            reads = torch.from_numpy(proj.reads).to(self.proj_enc.device, self.proj_enc.dtype)  # [D]
             for phase in PHASES[proj.positions]:
                 row = 2 * slot + phase
                 k = used.get((proj.layer, row), 0)
                 if k < self.proj_dir.shape[2]:
                     self.proj_dir[proj.layer, row, k] = direction
+                    self.proj_enc[proj.layer, row, k] = reads
                     self.proj_value[proj.layer, row, k] = proj.value
+                    self.proj_offset[proj.layer, row, k] = proj.offset
+                    self.proj_threshold[proj.layer, row, k] = proj.threshold
+                    self.proj_rescale[proj.layer, row, k] = float(proj.rescale)
                     used[(proj.layer, row)] = k + 1
 
     def _load_heads(self, slot: int, steering: ResolvedSteering) -> None:

@@ -71,9 +71,10 @@ def test_stats_follow_requests_configurations_and_slots() -> None:
     runtime.prepare_step(["a", "b", "c"], np.array([1, 1, 1]), np.array([0, 0, 0]), np.array([1, 1, 1]))
     stats = runtime.stats(rank=0)
     assert (stats.live_requests, stats.live_configurations, stats.resident_slots, stats.slot_capacity) == (3, 2, 2, 4)
-    # L * R * (D + K*D + K + H) * 4 bytes + R * 4 (dose) + T_max * 8 bytes, with R = 2 * (4 + 1) and no experts
+    # L * R * (D + 2*K*D + 4*K + H) * 4 bytes + R * 4 (dose) + T_max * 8 bytes, with R = 2 * (4 + 1) and no
+    # experts (projections: direction and encoder rows, value, offset, threshold, rescale flag)
     rows, k = 10, runtime.tables.proj_dir.shape[2]
-    assert stats.table_bytes == 3 * rows * (4 + k * 4 + k + 2) * 4 + rows * 4 + 16 * 8
+    assert stats.table_bytes == 3 * rows * (4 + 2 * k * 4 + 4 * k + 2) * 4 + rows * 4 + 16 * 8
     for req_id in ("a", "b", "c"):
         runtime.remove_request(req_id)
     assert runtime.stats(rank=0).model_dump(include={"live_requests", "live_configurations", "resident_slots"}) == {
