@@ -1,12 +1,16 @@
 """The independent reference: HF transformers in float32, edited by plain PyTorch hooks.
 
-Deliberately simple and separate from the product. Each edit is applied at prompt tokens
-(the prefill forward), generated tokens (decode forwards) or both:
-- Addition: forward hook on `model.model.layers[L]` adding a vector to the layer output;
+Deliberately simple and separate from the product: where each family keeps its decoder layers,
+attention output projection and router is written out below (SITES, HF module paths, found
+independently of the engine's adapters). Each edit is applied at prompt tokens (the prefill
+forward), generated tokens (decode forwards) or both:
+- Addition: forward hook on decoder layer L adding a vector to the layer output;
 - Projection: forward hook setting the output's component along a unit direction to a value;
-- HeadScale: forward pre-hook on `self_attn.o_proj` scaling each head's input slice;
+- HeadScale: forward pre-hook on the attention output projection scaling each head's input slice;
 - RouterEdit: HF's own router, with its `F.linear` logits edited (-inf disabled, +100 forced)
-  before HF's own softmax / top-k / renormalisation.
+  before HF's own softmax / top-k / renormalisation; for DeepSeek-V3 (selection on
+  sigmoid(logit) + e_score_correction_bias) the correction bias itself is edited instead
+  (-inf: never selectable, +100: always selected), so HF's own grouped top-k and weights run.
 Layer-output hooks run in registration order: all additions first, then projections in order.
 Greedy decoding, no stopping.
 """
@@ -22,6 +26,21 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 FORCED_LOGIT = 100.0  # documented meaning of "force" (README)
+
+# model_type -> (decoder layers, attention output projection in a layer, router in a layer)
+SITES = {
+    "gpt2": ("transformer.h", "attn.c_proj", None),
+    "gpt_neox": ("gpt_neox.layers", "attention.dense", None),
+    "gpt_oss": ("model.layers", "self_attn.o_proj", "mlp.router"),
+}
+DEFAULT_SITES = ("model.layers", "self_attn.o_proj", "mlp.gate")
+SELECTION_EDITED = ("deepseek_v3",)  # routers edited through their correction bias
+
+
+def _get(root: Any, path: str) -> Any:
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,8 @@ class Generation:
 class HFReference:
     def __init__(self, model_dir: Path) -> None:
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.kind = self.model.config.model_type
+        self.layers_path, self.attention_out, self.router = SITES.get(self.kind, DEFAULT_SITES)
 
     @torch.no_grad()
     def greedy(self, prompt: list[int], max_tokens: int, edits: list[Edit] = ()) -> Generation:
@@ -106,7 +127,7 @@ class HFReference:
 
     def _install(self, edit: Edit, phase: dict[str, str]) -> list[Any]:
         active = lambda: edit.positions in ("all", phase["now"])  # noqa: E731
-        layer = self.model.model.layers[edit.layer]
+        layer = _get(self.model, self.layers_path)[edit.layer]
         if isinstance(edit, Addition):
             return [layer.register_forward_hook(_on_output(active, lambda h: _dosed(h, edit)))]
         if isinstance(edit, Projection):
@@ -115,8 +136,10 @@ class HFReference:
         if isinstance(edit, FeatureClamp):
             return [layer.register_forward_hook(_on_output(active, edit.apply))]
         if isinstance(edit, HeadScale):
-            return [layer.self_attn.o_proj.register_forward_pre_hook(_scale_heads(active, edit.scales))]
-        return _edit_router(layer.mlp.gate, active, edit)
+            return [_get(layer, self.attention_out).register_forward_pre_hook(_scale_heads(active, edit.scales))]
+        if self.kind in SELECTION_EDITED:
+            return _edit_selection(_get(layer, self.router), active, edit)
+        return _edit_router(_get(layer, self.router), active, edit)
 
     def _decode(self, prompt: list[int], max_tokens: int, phase: dict[str, str]) -> Generation:
         out = self.model(torch.tensor([prompt]), use_cache=True)
@@ -170,5 +193,22 @@ def _edit_router(router, active, edit: RouterEdit) -> list[Any]:
 
     def after(module, args, output):
         F.linear = original
+
+    return [router.register_forward_pre_hook(before), router.register_forward_hook(after)]
+
+
+def _edit_selection(router, active, edit: RouterEdit) -> list[Any]:
+    """Add -inf (disabled) / +100 (forced) to the correction bias while the router runs."""
+    original = router.e_score_correction_bias.clone()
+    offset = torch.zeros_like(original)
+    offset[list(edit.forced)] = FORCED_LOGIT
+    offset[list(edit.disabled)] = float("-inf")
+
+    def before(module, args):
+        if active():
+            router.e_score_correction_bias.copy_(original + offset)
+
+    def after(module, args, output):
+        router.e_score_correction_bias.copy_(original)
 
     return [router.register_forward_pre_hook(before), router.register_forward_hook(after)]

@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 class ModelShape:
     """Sizes of the served model that bound what a steering request may name.
 
-    `experts_per_layer` maps each MoE decoder layer to its number of routed experts (empty for
-    dense models); `experts_per_token` is the router's top-k.
+    `experts_per_layer` maps each MoE decoder layer whose experts the engine can disable/force to
+    its number of routed experts (empty for dense models); `experts_per_token` is the router's
+    top-k; `routing` names each such layer's routing kind (engine_capabilities.RoutingKind).
+    `refused` maps an edit kind ("residual", "heads", "experts") to the layers where the engine
+    cannot apply it, with the reason (from the engine's capability report).
     """
 
     model_id: str
@@ -19,6 +22,14 @@ class ModelShape:
     num_heads: int = 0
     experts_per_layer: dict[int, int] = field(default_factory=dict)
     experts_per_token: int = 0
+    routing: dict[int, str] = field(default_factory=dict)
+    expert_groups: dict[int, tuple[int, int]] = field(default_factory=dict)  # layer -> (groups, groups per token)
+    refused: dict[str, dict[int, str]] = field(default_factory=dict)
+    architecture: str = ""
+
+    def refusal(self, kind: str, layer: int) -> str | None:
+        """Why the engine cannot apply `kind` on `layer` (None: it can)."""
+        return self.refused.get(kind, {}).get(layer)
 
     @property
     def is_moe(self) -> bool:

@@ -18,7 +18,7 @@ from steer_serve.library.vector_formats import write_vector
 from harness.hf_reference import HFReference
 from harness.servers import ADMIN_KEY, Server
 from harness.steering_cases import tiny_library_directions
-from harness.tiny_models import TINY_HIDDEN, TINY_LAYERS, build_tiny_llama
+from harness.tiny_models import TINY_HIDDEN, TINY_LAYERS, build_tiny_llama, build_tiny_model
 
 # The HF reference runs in this process next to vLLM servers whose workers keep a core busy;
 # two OpenMP threads spinning against them make small forwards orders of magnitude slower.
@@ -64,6 +64,19 @@ def tiny_sae_dir(tmp_path_factory: pytest.TempPathFactory, tiny_saes) -> Path:
     from harness.saes import write_library
 
     return write_library(tmp_path_factory.mktemp("tiny-saes"), list(tiny_saes.values()))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path):
+    """tiny_model(kind) -> the directory of that tiny random model, built once per session."""
+    built: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in built:
+            built[kind] = build_tiny_model(kind, tmp_path_factory.mktemp(kind), smollm2_dir)
+        return built[kind]
+
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Literal
 
-from steer_serve_vllm.names import ENDPOINT_PLUGIN, STATS_METHOD
+from steer_serve_vllm.names import CAPABILITIES_METHOD, ENDPOINT_PLUGIN, STATS_METHOD
 
 Process = Literal["api", "engine", "client"]  # client: `steer-serve loadtest`, no server involved
 How = Literal["wrap", "replace", "add", "plant", "rely"]
@@ -56,6 +56,8 @@ _BATCH = "vllm.v1.worker.gpu_input_batch"
 _API, _ENGINE = "api", "engine"
 _GUARD, _DEATH, _PLUGIN = "api/endpoint_guard.py", "api/engine_death.py", "api/plugin.py"
 _PATCHES, _HOOKS = "engine/worker_patches.py", "engine/layer_hooks.py"
+_ADAPTERS, _ROUTING, _SELECTION = "engine/adapters/", "engine/adapters/routing.py", "engine/selection.py"
+_ROUTER = "vllm.model_executor.layers.fused_moe.router.cpu_router"
 
 
 def _api(how: How, module: str, path: str, why: str, drop_when: str, ours: str, **extra: str) -> LedgerRecord:
@@ -148,11 +150,14 @@ LEDGER: tuple[LedgerRecord, ...] = (
          "vLLM's --worker-extension-cls is set by every launcher we support", "api/engine_routes.py"),
     _api("rely", "vllm.v1.engine.async_llm", "AsyncLLM.errored",
          "GET /v1/steering/engine answers 503 instead of calling a dead engine", "never", "api/engine_routes.py"),
-    _api("rely", "vllm.config", "ModelConfig.hf_text_config",
-         "the served model's shape (layers, hidden size, heads, experts), read in both processes",
-         "never: vLLM's own view of the model config", "model_config.py"),
-    _api("rely", "vllm.config", "ModelConfig.served_model_name", "the model id in messages and metrics", "never",
-         "model_config.py"),
+    _api("rely", "vllm.v1.engine.async_llm", "AsyncLLM.model_config",
+         f"the served model id; the shape itself comes from the workers' `{CAPABILITIES_METHOD}` (collective_rpc, "
+         "once at start): the capability handshake", "never", "api/capabilities.py"),
+    _engine("rely", "vllm.config", "ModelConfig.hf_text_config",
+            "layer count, hidden size and attention heads for the tables; the hooks themselves are placed by the "
+            "model adapters", "never: vLLM's own view of the model config", _PATCHES),
+    _engine("rely", "vllm.config", "ModelConfig.hf_config",
+            "`architectures` picks the model adapter (unknown families refuse to start)", "never", _PATCHES),
     # ---- worker (engine) processes ----------------------------------------------------------
     _engine("wrap", "vllm.config", "VllmConfig.compute_hash",
             "every process (the key is computed in workers): mix the plugin and the settings baked into the "
@@ -188,6 +193,39 @@ LEDGER: tuple[LedgerRecord, ...] = (
     _engine("wrap", _RUNNER, "GPUModelRunner._prepare_inputs",
             "build the token -> table-row index in the forward's final token order each step",
             "vLLM exposes per-step token metadata to plugins (as it does for LoRA's token mapping)", _PATCHES),
+    _engine("add", "vllm.v1.worker.gpu_worker", f"Worker.{CAPABILITIES_METHOD}",
+            f"the capability handshake: answer collective_rpc(\"{CAPABILITIES_METHOD}\") with what this worker's hooks "
+            "apply per decoder layer (residual edits, heads on this rank, experts/top-k/routing kind or why not)",
+            "vLLM's --worker-extension-cls is set by every launcher we support", _PATCHES),
+    _engine("replace", _ROUTER, "CPURouter._compute_routing",
+            "per instance, on bias-corrected grouped layers only (DeepSeek-V3/R1): selection is on sigmoid(logit) + "
+            "e_score_correction_bias, where a -inf logit does not switch an expert off, so the selection score gets "
+            "a per-token offset (vLLM's grouped top-k otherwise unchanged)", "vLLM offers a per-token expert mask",
+            _SELECTION, evidence="return _grouped_topk("),
+    _engine("rely", _ROUTER, "_grouped_topk",
+            "the routing our selection edit mirrors (group score = top-2 sum of biased scores, weights from the "
+            "unbiased scores); tests/steer_serve_vllm/engine/test_selection.py compares them at zero offset",
+            "as above", _SELECTION, evidence="scores.view(num_token, num_expert_group, -1).topk(2, dim=-1)"),
+    _engine("rely", "vllm.model_executor.layers.fused_moe.runner.moe_runner", "MoERunner.router",
+            "the routing kind is read off vLLM's router object (use_grouped_topk, scoring_func, "
+            "e_score_correction_bias, custom_routing_function, num_expert_group, topk_group, top_k)", "never",
+            _ROUTING),
+    _engine("rely", "vllm.model_executor.layers.fused_moe.runner.moe_runner", "MoERunner._fse_fuse_gate",
+            "a router GEMM fused with the shared-expert gate bypasses the GateLinear hook: such layers refuse "
+            "expert edits", "never", _ROUTING),
+    _engine("rely", "vllm.model_executor.models.gpt2", "GPT2Block.forward",
+            "GPT-2 blocks (`transformer.h`) return the stream as one tensor; heads enter `attn.c_proj`",
+            "vLLM offers steering/intervention hooks", _ADAPTERS, evidence="return hidden_states"),
+    _engine("rely", "vllm.model_executor.models.transformers.base", "Base.forward",
+            "GPT-NeoX and OLMo-2 run on vLLM's Transformers backend: HF layers at `model.layers` return one "
+            "[1, T, D] tensor (batch dimension added by the backend)", "as above", _ADAPTERS,
+            evidence="input_ids = input_ids[None, ...]"),
+    _engine("rely", "vllm.model_executor.models.deepseek_v2", "DeepseekV2MoE.gate",
+            "DeepSeek-V2/V3's router is a GateLinear; its e_score_correction_bias exists only for noaux_tc",
+            "as above", _ADAPTERS, evidence='== "noaux_tc"'),
+    _engine("rely", "vllm.model_executor.models.gpt_oss", "MLPBlock.router",
+            "gpt-oss computes its biased router logits outside the MoE op, in a GateLinear named `router`",
+            "as above", _ADAPTERS, evidence="g = self.router(x)"),
     _engine("add", "vllm.v1.worker.gpu_worker", f"Worker.{STATS_METHOD}",
             f"answer collective_rpc(\"{STATS_METHOD}\") with this worker's steering bookkeeping; collective_rpc "
             "looks worker methods up by name (CPUWorker inherits it)",
@@ -239,8 +277,8 @@ LEDGER: tuple[LedgerRecord, ...] = (
             "`self_attn.o_proj`: its input is the per-head attention output the head-scale pre-hook scales",
             "as above", _HOOKS),
     _engine("rely", "vllm.model_executor.layers.fused_moe.router.gate_linear", "GateLinear",
-            "the MoE router is found by class name (`GateLinear` named `gate`); its output logits get the "
-            "router bias before vLLM's top-k", "as above", _HOOKS),
+            "the MoE router linear is found by class name (`GateLinear` named `gate` or `router`); for the softmax "
+            "kinds its output logits get the router bias before vLLM's top-k", "as above", _HOOKS),
     _engine("rely", "vllm.model_executor.models.mixtral", "MixtralMoE.gate",
             "Mixtral's router is a GateLinear (as are Qwen2-MoE's and OLMoE's)", "as above", _HOOKS,
             evidence="self.gate = GateLinear("),

@@ -8,3 +8,5 @@ VLLM_PLUGINS = f"{ENGINE_PLUGIN},{ENDPOINT_PLUGIN}"  # what `steer-serve serve` 
 # Worker method called by name through the engine client's `collective_rpc` (a name, not a
 # pickled callable: callables would need VLLM_ALLOW_INSECURE_SERIALIZATION).
 STATS_METHOD = "steer_serve_stats"
+# The capability handshake: the API process asks every worker what its hooks can apply.
+CAPABILITIES_METHOD = "steer_serve_capabilities"

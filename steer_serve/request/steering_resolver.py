@@ -161,7 +161,7 @@ class SteeringResolver:
 
     # ---- experts -----------------------------------------------------------------------
     def _experts(self, edit: ExpertsIntervention, where: str, builder: SteeringBuilder) -> None:
-        if not self.shape.is_moe:
+        if not self.shape.is_moe and not self.shape.refused.get("experts"):
             raise SteeringError(
                 f"model {self.shape.model_id} has no Mixture-of-Experts layers; `experts` needs an MoE model", where
             )
@@ -175,6 +175,7 @@ class SteeringResolver:
         moe_layers = self.shape.experts_per_layer
         for key, experts in mapping.items():
             layer = int(key)
+            self._check_engine_applies("experts", layer, "experts", where)
             if layer not in moe_layers:
                 raise SteeringError(f"layer {layer} has no experts (MoE layers: {_ranges(sorted(moe_layers))})", where)
             bad = [e for e in experts if not 0 <= e < moe_layers[layer]]
@@ -207,6 +208,28 @@ class SteeringResolver:
             raise SteeringError(
                 f"layer {layer}: only {enabled} experts left enabled; the router needs at least {top_k}", where
             )
+        if layer in self.shape.expert_groups:
+            self._check_groups(layer, disabled, forced, top_k)
+
+    def _check_groups(self, layer: int, disabled: set[int], forced: set[int], top_k: int) -> None:
+        """Grouped routing keeps `selected` of `groups` groups per token, then picks top-k inside them:
+        every group must keep enough enabled experts that a disabled one is never needed (a group's
+        score is the sum of its top-2 scores with a correction bias), and forced experts must fit in
+        the kept groups."""
+        where = "steering.interventions"
+        groups, selected = self.shape.expert_groups[layer]
+        size = self.shape.experts_per_layer[layer] // groups
+        need = max(-(-top_k // selected), 2 if self.shape.routing.get(layer) == "sigmoid_bias_grouped_topk" else 1)
+        for group in range(groups):
+            left = size - len([e for e in disabled if e // size == group])
+            if left < need:
+                raise SteeringError(
+                    f"layer {layer}: expert group {group} (experts {group * size}..{group * size + size - 1}) keeps "
+                    f"{left} enabled experts; grouped routing needs at least {need} in every group", where)
+        forced_groups = {e // size for e in forced}
+        if len(forced_groups) > selected:
+            raise SteeringError(f"layer {layer}: forced experts span {len(forced_groups)} expert groups; "
+                                f"the router keeps only {selected} groups per token", where)
 
     # ---- heads -------------------------------------------------------------------------
     def _heads(self, edit: HeadsIntervention, where: str, builder: SteeringBuilder) -> None:
@@ -220,6 +243,7 @@ class SteeringResolver:
                 layer_factors = factors[self._check_layer(int(key), f"{where}.scale")]
                 layer_factors[int(head)] = layer_factors.get(int(head), 1.0) * float(factor)
         for layer, by_head in sorted(factors.items()):
+            self._check_engine_applies("heads", layer, "heads", where)
             bad = [h for h in by_head if not 0 <= h < self.shape.num_heads]
             if bad:
                 raise SteeringError(
@@ -260,6 +284,7 @@ class SteeringResolver:
             layers = available
         for layer in layers:
             self._check_layer(layer, f"{where}.layers")
+            self._check_engine_applies("residual", layer, edit.type, f"{where}.layers")
             if layer not in available:
                 raise SteeringError(
                     f"vector {edit.vector!r} has no direction for layer {layer} (it has layers {available})",
@@ -290,6 +315,12 @@ class SteeringResolver:
                 f"layer {layer} is out of range; the model has layers 0..{self.shape.num_layers - 1}", where
             )
         return layer
+
+    def _check_engine_applies(self, kind: str, layer: int, edit: str, where: str) -> None:
+        """Refuse what the engine reported it cannot apply on this layer (never a silent no-op)."""
+        reason = self.shape.refusal(kind, layer)
+        if reason is not None:
+            raise SteeringError(f"layer {layer} cannot take `{edit}` edits on this model: {reason}", where)
 
     def _check_magnitude(self, value: float, what: str, where: str) -> None:
         if abs(value) > self.settings.max_abs_scale:

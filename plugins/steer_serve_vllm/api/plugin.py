@@ -23,7 +23,7 @@ from steer_serve.experiments.store_services import StoreServices
 from steer_serve.model_shape import ModelShape
 from steer_serve.library.presets import PresetLibrary
 from steer_serve.policy.gate import PolicyGate
-from steer_serve_vllm.model_config import model_shape
+from steer_serve_vllm.api.capabilities import engine_shape
 from steer_serve_vllm.api.gateway import Rejection, RequestGateway
 from steer_serve.settings import Settings
 from steer_serve.request.steering_resolver import SteeringResolver
@@ -105,7 +105,7 @@ class SteerServeEndpointPlugin:
         _require_engine_plugin()
         exit_nonzero_on_engine_death(engine_client)
         model_config = engine_client.model_config
-        shape = model_shape(model_config.served_model_name, model_config.hf_text_config)
+        shape = await engine_shape(engine_client, model_config.served_model_name)  # the capability handshake
         _share_vllm_log_handlers()
         settings = Settings()
         # the gauge follows every (re)load: start, admin changes, other processes' changes

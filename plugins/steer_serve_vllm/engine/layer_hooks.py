@@ -3,14 +3,17 @@
 Legend: T = tokens in the step, D = hidden size, K = projections per layer,
 H = heads on this tensor-parallel rank, E = routed experts.
 
-- decoder layer output: vLLM's Llama-family layers return (hidden, residual) and the stream
-  after the layer is their sum. Additions and projections are applied to `residual`, out of
-  place (fused add+RMSNorm kernels mutate their inputs), which is exactly an edit of the
-  layer's output.
-- attention `o_proj` input: per-head scale of the attention output ([T, H*hd], heads are
-  sharded across TP ranks, rank r holding heads [r*H, (r+1)*H)).
-- MoE `gate` output: router logits [T, E] plus a bias row (-inf disabled, +FORCE_LOGIT forced),
-  before vLLM's top-k and renormalisation.
+Where each hook goes is the model adapter's answer (engine/adapters/, placed by engine/sites.py);
+the hooks themselves are generic:
+- decoder layer output: (hidden, residual) layers (vLLM's Llama family) get the edit in
+  `residual`, whose sum with `hidden` is the stream after the layer; one-tensor layers (GPT-2,
+  the Transformers backend) get it in the tensor. Always out of place (fused add+RMSNorm
+  kernels mutate their inputs).
+- attention output projection input (o_proj / c_proj / dense): per-head scale of the attention
+  output ([T, H*hd], heads are sharded across TP ranks, rank r holding heads [r*H, (r+1)*H)).
+- MoE router logits (softmax kinds): [T, E] plus a bias row (-inf disabled, +FORCE_LOGIT
+  forced), before vLLM's top-k and renormalisation. Bias-corrected routing (DeepSeek-V3) is
+  edited in its selection score instead (engine/selection.py).
 Hooks are installed before the first forward pass: torch.compile traces them in, later hooks
 would be ignored by the compiled graph. In eager mode (`skip_unused`), a hook skips the kinds of
 edit no request of the step uses, so unsteered batches cost almost nothing; a compiled graph
@@ -25,59 +28,49 @@ import torch
 from torch import nn
 
 from steer_serve_vllm.engine.runtime import SteeringRuntime
+from steer_serve_vllm.engine.selection import wrap_selection
+from steer_serve_vllm.engine.sites import ModelSites
 
 
-def find_decoder_layers(model: nn.Module, num_layers: int) -> nn.ModuleList:
-    """The ModuleList of decoder layers (`model.model.layers` for the Llama family)."""
-    for name, module in model.named_modules():
-        if name.endswith("layers") and isinstance(module, nn.ModuleList) and len(module) == num_layers:
-            return module
-    raise RuntimeError(f"steer-serve: no ModuleList of {num_layers} decoder layers in {type(model).__name__}")
-
-
-def find_router_gate(layer: nn.Module) -> nn.Module | None:
-    """The MoE router linear of a decoder layer (`mlp.gate` / `block_sparse_moe.gate`), if any."""
-    for name, module in layer.named_modules():
-        if name.split(".")[-1] == "gate" and type(module).__name__ == "GateLinear":
-            return module
-    return None
-
-
-def install_hooks(layers: nn.ModuleList, runtime: SteeringRuntime, tp_rank: int, tp_size: int,
-                  max_dose: float | None = None, skip_unused: bool = False) -> list[Any]:
-    """Register every hook; returns the handles (call .remove() to undo)."""
+def install_hooks(model_sites: ModelSites, runtime: SteeringRuntime, max_dose: float | None = None,
+                  skip_unused: bool = False) -> list[Any]:
+    """Register every hook the adapter placed; returns the handles (call .remove() to undo)."""
     needed = (lambda kind: kind in runtime.kinds_in_step) if skip_unused else (lambda kind: True)
+    pair = model_sites.adapter.stream == "pair"
     handles = []
-    for index, layer in enumerate(layers):
-        handles.append(layer.register_forward_hook(_residual_hook(runtime, index, max_dose, needed)))
-        o_proj = getattr(getattr(layer, "self_attn", None), "o_proj", None)
-        if o_proj is not None:
-            handles.append(o_proj.register_forward_pre_hook(_head_hook(runtime, index, tp_rank, tp_size, needed)))
-        gate = find_router_gate(layer)
-        if gate is not None:
-            handles.append(gate.register_forward_hook(_router_hook(runtime, index, needed)))
+    for index, (layer, site) in enumerate(zip(model_sites.layers, model_sites.sites)):
+        handles.append(layer.register_forward_hook(_residual_hook(runtime, index, pair, max_dose, needed)))
+        if site.attention_out is not None:
+            hook = _head_hook(runtime, index, model_sites.first_head, model_sites.heads_per_rank, needed)
+            handles.append(site.attention_out.register_forward_pre_hook(hook))
+        router = site.router
+        if router is not None and router.logits is not None:
+            handles.append(router.logits.register_forward_hook(_router_hook(runtime, index, needed)))
+        elif router is not None:
+            wrap_selection(router.selector, runtime, index, needed)
     return handles
 
 
-def _residual_hook(runtime: SteeringRuntime, layer: int, max_dose: float | None,
+def _residual_hook(runtime: SteeringRuntime, layer: int, pair: bool, max_dose: float | None,
                    needed: Callable[[str], bool]) -> Callable[..., Any]:
+    """`pair` layers return (hidden, residual), stream = hidden + residual, and the edit goes into
+    `residual`; other layers return the stream itself ([T, D] or [1, T, D]). Out of place."""
     tables = runtime.tables
     num_projections = tables.proj_dir.shape[2]
 
-    def edit_layer_output(module: nn.Module, args: Any, output: Any) -> Any:
-        if not (isinstance(output, tuple) and len(output) == 2):
-            return output  # layer outside this pipeline stage (PPMissingLayer) or another signature
-        hidden, residual = output  # [T, D], [T, D]
-        rows = runtime.rows(hidden.shape[0])  # [T]
+    def edit(base: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        """The edited x, where the stream is base + x (x alone when base is None); [T, D]."""
+        rows = runtime.rows(x.shape[0])  # [T]
+        stream = (lambda: x) if base is None else (lambda: base + x)
         if needed("add"):
             delta = tables.add[layer].index_select(0, rows)  # [T, D]
             if max_dose is not None:  # a server setting, fixed at trace time
-                delta = _clip_dose(delta, hidden + residual, max_dose)
+                delta = _clip_dose(delta, stream(), max_dose)
             if needed("dose"):  # per request (a caller's policy): a table row, so compiled graphs see it
-                delta = _clip_row_dose(delta, hidden + residual, tables.dose.index_select(0, rows))
-            residual = residual + delta  # [T, D]
+                delta = _clip_row_dose(delta, stream(), tables.dose.index_select(0, rows))
+            x = x + delta  # [T, D]
         if not needed("projection"):
-            return hidden, residual
+            return x
         directions = tables.proj_dir[layer].index_select(0, rows)  # [T, K, D]
         encoders = tables.proj_enc[layer].index_select(0, rows)  # [T, K, D]
         values = tables.proj_value[layer].index_select(0, rows)  # [T, K]
@@ -85,9 +78,21 @@ def _residual_hook(runtime: SteeringRuntime, layer: int, max_dose: float | None,
         thresholds = tables.proj_threshold[layer].index_select(0, rows)  # [T, K]
         rescales = tables.proj_rescale[layer].index_select(0, rows)  # [T, K]
         for k in range(num_projections):
-            residual = _project(hidden + residual, residual, directions[:, k], encoders[:, k], values[:, k : k + 1],
-                                offsets[:, k : k + 1], thresholds[:, k : k + 1], rescales[:, k : k + 1])
-        return hidden, residual
+            x = _project(stream(), x, directions[:, k], encoders[:, k], values[:, k : k + 1],
+                         offsets[:, k : k + 1], thresholds[:, k : k + 1], rescales[:, k : k + 1])
+        return x
+
+    def edit_layer_output(module: nn.Module, args: Any, output: Any) -> Any:
+        if not needed("add") and not needed("projection"):
+            return output
+        if pair:
+            if not (isinstance(output, tuple) and len(output) == 2):
+                return output  # layer outside this pipeline stage (PPMissingLayer)
+            hidden, residual = output  # [T, D], [T, D]
+            return hidden, edit(hidden, residual)
+        stream = output[0] if isinstance(output, tuple) else output  # [T, D] or [1, T, D]
+        edited = edit(None, stream.reshape(-1, stream.shape[-1])).view(stream.shape)
+        return (edited, *output[1:]) if isinstance(output, tuple) else edited
 
     return edit_layer_output
 
@@ -121,19 +126,18 @@ def _clip_row_dose(delta: torch.Tensor, stream: torch.Tensor, dose: torch.Tensor
     return delta * torch.where(dose.unsqueeze(-1) > 0, factor, torch.ones_like(factor))  # [T, D]
 
 
-def _head_hook(runtime: SteeringRuntime, layer: int, tp_rank: int, tp_size: int,
+def _head_hook(runtime: SteeringRuntime, layer: int, first: int, local_heads: int,
                needed: Callable[[str], bool]) -> Callable[..., Any]:
     scale_table = runtime.tables.head_scale[layer]  # [R, H_total]
-    local_heads = scale_table.shape[1] // tp_size
-    first = tp_rank * local_heads
 
     def scale_heads(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         if not needed("heads"):
             return args
-        attn = args[0]  # [T, H*hd]
-        num_tokens = attn.shape[0]
+        attn = args[0]  # [T, H*hd] (or [1, T, H*hd] in vLLM's Transformers backend)
+        flat = attn.reshape(-1, attn.shape[-1])  # [T, H*hd]
+        num_tokens = flat.shape[0]
         scales = scale_table[:, first : first + local_heads].index_select(0, runtime.rows(num_tokens))  # [T, H]
-        scaled = attn.view(num_tokens, local_heads, -1) * scales.unsqueeze(-1)  # [T, H, hd]
+        scaled = flat.view(num_tokens, local_heads, -1) * scales.unsqueeze(-1)  # [T, H, hd]
         return (scaled.view(attn.shape), *args[1:])
 
     return scale_heads

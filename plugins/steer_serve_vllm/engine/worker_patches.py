@@ -1,5 +1,5 @@
 """Patches applied in worker processes: wrap four model-runner methods of vLLM 0.32, and add
-one method to the worker class for the engine stats route.
+two methods to the worker class (the engine stats route, the capability handshake).
 
 `steer_serve_vllm.ledger` lists every vLLM symbol we touch. Each wrapper
 calls the original first and adds our bookkeeping after it; none changes vLLM's behaviour for
@@ -12,15 +12,18 @@ import functools
 import logging
 from typing import Any, Callable
 
+from steer_serve.model_shape import ModelShape
 from steer_serve.settings import Settings
-from steer_serve_vllm.names import STATS_METHOD
-from steer_serve_vllm.engine.layer_hooks import find_decoder_layers, install_hooks
-from steer_serve_vllm.model_config import model_shape
+from steer_serve_vllm.engine.adapters import adapter_for
+from steer_serve_vllm.engine.layer_hooks import install_hooks
 from steer_serve_vllm.engine.runtime import SteeringRuntime
+from steer_serve_vllm.engine.sites import ModelSites, capabilities, place_sites
+from steer_serve_vllm.names import CAPABILITIES_METHOD, STATS_METHOD
 
 logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
 
 _RUNTIME_ATTR = "_steer_serve_runtime"
+_SITES_ATTR = "_steer_serve_sites"
 
 
 def apply_worker_patches() -> None:
@@ -43,7 +46,8 @@ def apply_worker_patches() -> None:
         ("_on_request_state_removed", _after_request_removed),
         ("_prepare_inputs", _after_prepare_inputs),
     )]
-    patched.append(_add_stats_method())
+    patched.append(_add_worker_method(STATS_METHOD, worker_stats))
+    patched.append(_add_worker_method(CAPABILITIES_METHOD, worker_capabilities))
     runner_cls._steer_serve_patched = True
     logger.info("steer-serve: patched %d vLLM worker symbols (%s); see steer_serve_vllm/ledger.py",
                 len(patched), ", ".join(patched))
@@ -66,13 +70,13 @@ def _refuse_model_runner_v2() -> list[str]:
     return ["v2.GPUModelRunner.load_model"]
 
 
-def _add_stats_method() -> str:
+def _add_worker_method(name: str, method: Callable[..., Any]) -> str:
     from vllm.v1.worker.gpu_worker import Worker
 
-    if STATS_METHOD in vars(Worker):
-        raise RuntimeError(f"vLLM's Worker already defines {STATS_METHOD!r}; steer-serve would shadow it")
-    setattr(Worker, STATS_METHOD, worker_stats)
-    return f"Worker.{STATS_METHOD}"
+    if name in vars(Worker):
+        raise RuntimeError(f"vLLM's Worker already defines {name!r}; steer-serve would shadow it")
+    setattr(Worker, name, method)
+    return f"Worker.{name}"
 
 
 def worker_stats(worker: Any) -> dict[str, int] | None:
@@ -87,6 +91,17 @@ def worker_stats(worker: Any) -> dict[str, int] | None:
     ranks = {"dp_rank": worker.parallel_config.data_parallel_index, "pp_rank": get_pp_group().rank_in_group,
              "tp_rank": get_tensor_model_parallel_rank()}
     return runtime.stats(worker.rank).model_copy(update=ranks).model_dump()
+
+
+def worker_capabilities(worker: Any) -> dict[str, Any] | None:
+    """What this worker's hooks can apply, per decoder layer (a plain dict for msgpack/ZMQ);
+    None when no model was loaded here."""
+    runner = getattr(worker, "model_runner", None)
+    model_sites: ModelSites | None = getattr(runner, _SITES_ATTR, None)
+    if model_sites is None:
+        return None
+    hidden = runner.model_config.hf_text_config.hidden_size
+    return capabilities(model_sites, worker.rank, hidden).model_dump()
 
 
 def _wrap(cls: type, name: str, after: Callable[..., None]) -> str:
@@ -113,17 +128,27 @@ def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
     from vllm.config import CompilationMode
     from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
 
-    shape = model_shape(runner.model_config.served_model_name, runner.model_config.hf_text_config)
-    runtime = SteeringRuntime(shape, runner.max_num_reqs, runner.max_num_tokens, runner.device,
-                              runner.model_config.dtype)
-    layers = find_decoder_layers(runner.get_model(), shape.num_layers)
+    config = runner.model_config.hf_text_config
+    adapter = adapter_for(getattr(runner.model_config.hf_config, "architectures", None))
+    model_sites = place_sites(adapter, runner.get_model(), config.num_hidden_layers, config.num_attention_heads,
+                              get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size())
+    runtime = SteeringRuntime(_table_shape(config, model_sites), runner.max_num_reqs, runner.max_num_tokens,
+                              runner.device, runner.model_config.dtype)
     max_dose = Settings().max_dose  # the API server's environment is inherited by engine processes
     eager = runner.vllm_config.compilation_config.mode == CompilationMode.NONE
-    install_hooks(layers, runtime, get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size(),
-                  max_dose, skip_unused=eager)
+    install_hooks(model_sites, runtime, max_dose, skip_unused=eager)
     setattr(runner, _RUNTIME_ATTR, runtime)
-    logger.info("steer-serve: hooks on %d decoder layers, %d slots, dose guardrail %s",
-                len(layers), runner.max_num_reqs, max_dose or "off")
+    setattr(runner, _SITES_ATTR, model_sites)
+    logger.info("steer-serve: %s adapter, hooks on %d decoder layers (%d with expert edits), %d slots, "
+                "dose guardrail %s", adapter.name, len(model_sites.layers),
+                sum(s.router is not None for s in model_sites.sites), runner.max_num_reqs, max_dose or "off")
+
+
+def _table_shape(config: Any, model_sites: ModelSites) -> ModelShape:
+    """The sizes the persistent tables need: the config's, with experts where a router was placed."""
+    experts = {i: s.router.experts for i, s in enumerate(model_sites.sites) if s.router is not None}
+    return ModelShape(model_id="", hidden_size=config.hidden_size, num_layers=config.num_hidden_layers,
+                      num_heads=config.num_attention_heads, experts_per_layer=experts)
 
 
 def _after_update_states(runner: Any, scheduler_output: Any) -> None:

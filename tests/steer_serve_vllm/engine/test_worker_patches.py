@@ -21,3 +21,14 @@ def test_stats_method_is_added_to_the_worker_class() -> None:
     assert vars(Worker)[STATS_METHOD] is worker_stats
     assert getattr(CPUWorker, STATS_METHOD) is worker_stats
     assert any(r.how == "add" and r.target.path.endswith(STATS_METHOD) for r in LEDGER)
+
+
+def test_capabilities_method_is_added_to_the_worker_class() -> None:
+    """The capability handshake: collective_rpc("steer_serve_capabilities") finds it by name."""
+    from vllm.v1.worker.cpu_worker import CPUWorker
+
+    from steer_serve_vllm.engine.worker_patches import worker_capabilities
+    from steer_serve_vllm.names import CAPABILITIES_METHOD
+
+    apply_worker_patches()
+    assert getattr(CPUWorker, CAPABILITIES_METHOD) is worker_capabilities
