@@ -138,6 +138,7 @@ class SteeringResolver:
     def _feature(self, edit: FeatureIntervention, where: str, builder: SteeringBuilder) -> None:
         """`strength`: an addition of the decoder row; `clamp`: a projection read by the SAE's encoder."""
         sae = self._sae(edit.sae, f"{where}.sae")
+        self._check_engine_applies("residual", sae.layer, "feature", f"{where}.sae")
         if not edit.feature < sae.d_sae:
             raise SteeringError(f"feature {edit.feature} does not exist in SAE {edit.sae!r} (features 0..{sae.d_sae - 1})",
                                 f"{where}.feature")
