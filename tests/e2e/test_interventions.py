@@ -2,7 +2,8 @@
 
 Dense: Llama, Qwen2. MoE: Mixtral, Qwen2-MoE, OLMoE (tiny random configs, head_dim 64).
 Each case runs in one concurrent batch with an unsteered request, which must stay equal to
-the unedited HF model. One server per (architecture, mode), started once and alive only while its cases run.
+the unedited HF model. One server per (architecture, mode), started once and alive only while its
+cases run; tiny Llama eager and compiled are the session's shared servers (the same model).
 """
 
 from __future__ import annotations
@@ -112,9 +113,17 @@ async def _batch(server: Server, steering: dict) -> list:
         return await asyncio.gather(*jobs)
 
 
+# (architecture, mode) served by the session's servers of the same tiny Llama (conftest.py)
+SHARED = {("llama", "eager"): "tiny_eager_server", ("llama", "compiled"): "tiny_compiled_server"}
+
+
 @pytest.mark.parametrize("arch, case", _matrix(), ids=lambda v: "-".join(v) if isinstance(v, tuple) else v)
-def test_intervention_matches_hf_in_mixed_batch(servers, arch: tuple[str, str], case: str) -> None:
-    kind, server, reference = servers.get(arch)
+def test_intervention_matches_hf_in_mixed_batch(request, servers, arch: tuple[str, str], case: str) -> None:
+    if arch in SHARED:
+        servers.close()  # at most one server of this module alive
+        kind, server, reference = "llama", request.getfixturevalue(SHARED[arch]), request.getfixturevalue("tiny_reference")
+    else:
+        kind, server, reference = servers.get(arch)
     steering, edits = _cases_for(kind)[case]
     expected = reference.greedy(PROMPT, MAX_TOKENS, edits)
     assert_steering_visible(expected, reference.greedy(PROMPT, MAX_TOKENS))
@@ -124,30 +133,8 @@ def test_intervention_matches_hf_in_mixed_batch(servers, arch: tuple[str, str], 
     assert_same_generation(unsteered, reference.greedy(OTHER_PROMPT, MAX_TOKENS))
 
 
-@pytest.mark.parametrize("steering, fragment", [
-    ({"interventions": [{"type": "experts", "disable": {"0": [9]}}]}, "expert 9 does not exist in layer 0"),
-    ({"interventions": [{"type": "experts", "disable": {"7": [0]}}]}, "layer 7 has no experts"),
-    ({"interventions": [{"type": "experts", "disable": {"0": [0]}, "force": {"0": [0]}}]}, "both disabled and forced"),
-    ({"interventions": [{"type": "experts", "force": {"0": [0, 1, 2]}}]}, "3 experts forced"),
-    ({"interventions": [{"type": "experts", "disable": {"0": [0, 1, 2]}}]}, "only 1 experts left enabled"),
-    ({"interventions": [{"type": "experts"}]}, "give `disable` and/or `force`"),
-    ({"interventions": [{"type": "heads", "mask": {"0": [2]}}]}, "head 2 does not exist"),
-    ({"interventions": [{"type": "heads", "mask": {"9": [0]}}]}, "layer 9 is out of range"),
-    ({"interventions": [{"type": "heads", "scale": {"0": {"x": 1.0}}}]}, "is not a head number"),
-    ({"interventions": [{"type": "ablate", "vector": [0.0] * TINY_HIDDEN, "layers": [0]}]}, "zero norm"),
-    ({"interventions": [{"type": "clamp", "vector": V1.tolist(), "layers": [0]}]}, "value"),
-    ({"interventions": [{"type": "ablate", "vector": V1.tolist(), "layers": [0]}] * 3}, "at most 2 per layer"),
-])
-def test_invalid_new_types_are_400(servers, steering: dict, fragment: str) -> None:
-    _, server, _ = servers.get(("mixtral", "eager"))
-    body = {"model": server.model, "prompt": "Hi", "max_tokens": 2, "steering": steering}
-    response = server.client.post("/v1/completions", json=body)
-    assert response.status_code == 400, response.text
-    assert fragment in response.json()["error"]["message"]
-    assert server.client.post("/v1/completions", json=body | {"steering": None}).status_code == 200
-
-
 def test_experts_on_a_dense_model_is_400(tiny_eager_server) -> None:
+    """The one e2e check of a shape error (the others: tests/steer_serve_vllm/api/test_shape_checks.py)."""
     body = {"model": tiny_eager_server.model, "prompt": "Hi", "max_tokens": 2,
             "steering": {"interventions": [{"type": "experts", "disable": {"0": [0]}}]}}
     response = tiny_eager_server.client.post("/v1/completions", json=body)
