@@ -1,8 +1,9 @@
 """Session-wide fixtures: models are built once, servers start once per session and are shared.
 
-Server fixtures are lazy: a test run that selects only unit tests starts no server. Only the
-tiny eager server lives for the whole session; the others are module-scoped, so that at most
-about three servers (a few GiB each) are alive at once on a 24 GiB machine.
+Server fixtures are lazy: a test run that selects only unit tests starts no server. The tiny
+Llama servers (eager, compiled, plain vLLM; ~1.5 GiB each) live for the whole session, since
+several modules use each; the others are module-scoped, so that at most about five servers are
+alive at once on a 24 GiB machine.
 """
 
 from __future__ import annotations
@@ -96,13 +97,13 @@ def tiny_eager_server(request, tiny_llama_dir, tiny_vector_dir, tiny_sae_dir, lo
                   extra_args=["--sae-dir", str(tiny_sae_dir)])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_compiled_server(request, tiny_llama_dir, tiny_vector_dir, tiny_sae_dir, log_dir) -> Server:
     return _serve(request, model=tiny_llama_dir, log_dir=log_dir, vector_dir=tiny_vector_dir, eager=False,
                   extra_args=["--sae-dir", str(tiny_sae_dir)])
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_plain_server(request, tiny_llama_dir, log_dir) -> Server:
     """Plain vLLM, no plugin loaded: the baseline unsteered outputs must equal."""
     return _serve(request, model=tiny_llama_dir, log_dir=log_dir, plugin=False, eager=True)

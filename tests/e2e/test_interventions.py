@@ -271,6 +271,7 @@ def test_invalid_new_types_are_400(servers, steering: dict, fragment: str) -> No
 
 
 def test_experts_on_a_dense_model_is_400(tiny_eager_server) -> None:
+    """The one e2e check of a shape error (the others: tests/steer_serve_vllm/api/test_shape_checks.py)."""
     body = {"model": tiny_eager_server.model, "prompt": "Hi", "max_tokens": 2,
             "steering": {"interventions": [{"type": "experts", "disable": {"0": [0]}}]}}
     response = tiny_eager_server.client.post("/v1/completions", json=body)

@@ -1,0 +1,225 @@
+"""The hook maths on fake layers, against plain formulas (no server, no vLLM model).
+
+A fake decoder layer has vLLM's shape where it matters: it returns `(hidden, residual)`, has
+`self_attn.o_proj` (whose input is the per-head attention output) and an MoE router module of a
+class named `GateLinear` under `mlp.gate`. One batch holds a steered request's prompt and
+generated tokens next to an unsteered request; every check is written out with plain
+tensor arithmetic, independent of the tables and hooks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from steer_serve.model_shape import ModelShape
+from steer_serve.request import wire_format
+from steer_serve.request.resolved_steering import (
+    FORCE_LOGIT,
+    ExpertRouting,
+    HeadScales,
+    LayerAddition,
+    LayerProjection,
+    ResolvedSteering,
+)
+from steer_serve_vllm.engine.layer_hooks import find_decoder_layers, find_router_gate, install_hooks
+from steer_serve_vllm.engine.runtime import SteeringRuntime
+
+D, LAYERS, HEADS, HEAD_DIM, EXPERTS = 8, 3, 2, 4, 4
+SHAPE = ModelShape("fake", hidden_size=D, num_layers=LAYERS, num_heads=HEADS,
+                   experts_per_layer={layer: EXPERTS for layer in range(LAYERS)}, experts_per_token=2)
+# the batch: "plain" (3 prompt tokens), then "steered" (last 2 prompt tokens + 1 generated token)
+REQ_IDS, SCHEDULED, COMPUTED, PROMPT = ["plain", "steered"], [3, 3], [0, 2], [3, 4]
+PLAIN, STEERED_PROMPT, STEERED_GENERATED = [0, 1, 2], [3, 4], [5]
+T = 6
+
+
+class GateLinear(nn.Linear):
+    """Named like vLLM's MoE router; returns (logits, None) as vLLM's linear layers do."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return super().forward(x), None
+
+
+class RecordingLinear(nn.Linear):
+    """A linear layer that keeps the input it was called with (after any pre-hooks)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last_input = x
+        return super().forward(x)
+
+
+class FakeAttention(nn.Module):
+    def __init__(self, heads: int = HEADS) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(D, heads * HEAD_DIM)
+        self.o_proj = RecordingLinear(heads * HEAD_DIM, D, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.o_proj(self.qkv(x))
+
+
+class FakeMoE(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = GateLinear(D, EXPERTS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last_logits, _ = self.gate(x)  # [T, E], after any forward hooks
+        return self.last_logits
+
+
+class FakeLayer(nn.Module):
+    """Returns (hidden, residual) like vLLM's Llama-family layers."""
+
+    def __init__(self, heads: int = HEADS) -> None:
+        super().__init__()
+        self.self_attn = FakeAttention(heads)
+        self.mlp = FakeMoE()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.mlp(x)
+        return self.self_attn(x), x
+
+    def seen(self) -> dict[str, torch.Tensor]:
+        return {"o_proj_input": self.self_attn.o_proj.last_input, "router_logits": self.mlp.last_logits}
+
+
+class FakeModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(FakeLayer() for _ in range(LAYERS))
+
+
+def _runtime(steering: ResolvedSteering) -> SteeringRuntime:
+    runtime = SteeringRuntime(SHAPE, max_reqs=4, max_tokens=16, device=torch.device("cpu"), dtype=torch.float32)
+    runtime.add_request("steered", {wire_format.EXTRA_ARGS_KEY: wire_format.encode(steering)})
+    runtime.prepare_step(REQ_IDS, np.array(SCHEDULED), np.array(COMPUTED), np.array(PROMPT))
+    return runtime
+
+
+def _run(steering: ResolvedSteering, max_dose: float | None = None, skip_unused: bool = False):
+    """(hooked outputs, unhooked outputs, the hooked model) of layer 1 on one random batch."""
+    torch.manual_seed(0)
+    model = FakeModel()
+    x = torch.randn(T, D)
+    plain = model.layers[1](x)
+    plain_seen = model.layers[1].seen()
+    install_hooks(model.layers, _runtime(steering), tp_rank=0, tp_size=1, max_dose=max_dose, skip_unused=skip_unused)
+    return model.layers[1](x), plain, model.layers[1].seen(), plain_seen
+
+
+def _vector(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(D).astype(np.float32)
+
+
+def test_finders_see_vllms_shapes() -> None:
+    model = FakeModel()
+    assert find_decoder_layers(model, LAYERS) is model.layers
+    assert find_router_gate(model.layers[0]) is model.layers[0].mlp.gate
+    with pytest.raises(RuntimeError, match="no ModuleList of 5 decoder layers"):
+        find_decoder_layers(model, 5)
+
+
+def test_addition_is_added_to_the_residual_of_the_steered_generated_tokens_only() -> None:
+    v = _vector(1)
+    (hidden, residual), (plain_hidden, plain_residual), _, _ = _run(
+        ResolvedSteering(additions=(LayerAddition(1, "generated", v),)))
+    expected = plain_residual.clone()
+    expected[STEERED_GENERATED] += torch.from_numpy(v)
+    assert torch.equal(hidden, plain_hidden)
+    assert torch.allclose(residual, expected, atol=1e-6)
+
+
+def test_clamp_sets_the_streams_component_and_ablate_zeroes_it() -> None:
+    u = _vector(2)
+    u /= np.linalg.norm(u)
+    unit = torch.from_numpy(u)
+    for value in (0.0, 1.5):
+        steering = ResolvedSteering(projections=(LayerProjection(1, "all", u, value),))
+        (hidden, residual), (_, plain_residual), _, _ = _run(steering)
+        stream = hidden + residual  # the layer's output
+        steered = STEERED_PROMPT + STEERED_GENERATED
+        assert torch.allclose(stream[steered] @ unit, torch.full((3,), value), atol=1e-5)
+        # only the component along u changed
+        before = hidden[steered] + plain_residual[steered]
+        rest = lambda s: s - (s @ unit)[:, None] * unit  # noqa: E731
+        assert torch.allclose(rest(stream[steered]), rest(before), atol=1e-5)
+        assert torch.equal(residual[PLAIN], plain_residual[PLAIN])
+
+
+def test_two_projections_on_one_layer_apply_in_order() -> None:
+    a, b = _vector(3), _vector(4)
+    a /= np.linalg.norm(a)
+    b /= np.linalg.norm(b)
+    steering = ResolvedSteering(projections=(LayerProjection(1, "prompt", a, 0.0), LayerProjection(1, "prompt", b, 2.0)))
+    (hidden, residual), (_, plain_residual), _, _ = _run(steering)
+    stream = hidden[STEERED_PROMPT] + plain_residual[STEERED_PROMPT]
+    ua, ub = torch.from_numpy(a), torch.from_numpy(b)
+    stream = stream - (stream @ ua)[:, None] * ua  # ablate a
+    stream = stream + (2.0 - stream @ ub)[:, None] * ub  # then clamp b to 2
+    assert torch.allclose(hidden[STEERED_PROMPT] + residual[STEERED_PROMPT], stream, atol=1e-5)
+    assert torch.equal(residual[STEERED_GENERATED], plain_residual[STEERED_GENERATED])
+
+
+def test_head_scales_multiply_each_heads_slice_of_the_o_proj_input() -> None:
+    scales = np.array([0.0, 2.5], dtype=np.float32)
+    _, _, seen, plain_seen = _run(ResolvedSteering(head_scales=(HeadScales(1, "all", scales),)))
+    expected = plain_seen["o_proj_input"].clone().view(T, HEADS, HEAD_DIM)
+    steered = STEERED_PROMPT + STEERED_GENERATED
+    expected[steered] *= torch.from_numpy(scales)[None, :, None]
+    assert torch.allclose(seen["o_proj_input"], expected.view(T, -1), atol=1e-6)
+
+
+def test_router_bias_disables_with_minus_inf_and_forces_with_a_large_logit() -> None:
+    routing = ExpertRouting(1, "prompt", disabled=(0,), forced=(3,))
+    (hidden, _), _, seen, plain_seen = _run(ResolvedSteering(expert_routing=(routing,)))
+    logits, plain = seen["router_logits"], plain_seen["router_logits"]
+    assert torch.equal(logits[PLAIN + STEERED_GENERATED], plain[PLAIN + STEERED_GENERATED])
+    assert torch.isneginf(logits[STEERED_PROMPT, 0]).all()
+    assert torch.allclose(logits[STEERED_PROMPT, 3], plain[STEERED_PROMPT, 3] + FORCE_LOGIT)
+    assert torch.equal(logits[STEERED_PROMPT, 1:3], plain[STEERED_PROMPT, 1:3])
+
+
+def test_dose_guardrail_caps_the_addition_relative_to_the_layer_output() -> None:
+    v = 100 * _vector(5)
+    (hidden, residual), (plain_hidden, plain_residual), _, _ = _run(
+        ResolvedSteering(additions=(LayerAddition(1, "all", v),)), max_dose=0.5)
+    delta = residual - plain_residual
+    limit = 0.5 * (plain_hidden + plain_residual).norm(dim=-1)  # [T]
+    steered = STEERED_PROMPT + STEERED_GENERATED
+    assert torch.allclose(delta[steered].norm(dim=-1), limit[steered], rtol=1e-5)
+    direction = torch.from_numpy(v) / torch.from_numpy(v).norm()
+    assert torch.allclose(delta[steered] / delta[steered].norm(dim=-1, keepdim=True), direction.expand(3, D), atol=1e-5)
+    assert torch.equal(delta[PLAIN], torch.zeros(3, D))
+
+
+@pytest.mark.parametrize("skip_unused", [False, True])
+def test_an_unsteered_step_leaves_every_output_exact(skip_unused: bool) -> None:
+    torch.manual_seed(0)
+    model = FakeModel()
+    x = torch.randn(T, D)
+    plain = model.layers[2](x)
+    plain_seen = model.layers[2].seen()
+    runtime = SteeringRuntime(SHAPE, max_reqs=4, max_tokens=16, device=torch.device("cpu"), dtype=torch.float32)
+    runtime.prepare_step(REQ_IDS, np.array(SCHEDULED), np.array(COMPUTED), np.array(PROMPT))
+    install_hooks(model.layers, runtime, tp_rank=0, tp_size=1, skip_unused=skip_unused)
+    hidden, residual = model.layers[2](x)
+    assert torch.equal(hidden, plain[0]) and torch.equal(residual, plain[1])
+    assert torch.equal(model.layers[2].seen()["router_logits"], plain_seen["router_logits"])
+    assert torch.equal(model.layers[2].seen()["o_proj_input"], plain_seen["o_proj_input"])
+
+
+def test_tensor_parallel_rank_scales_only_its_own_heads() -> None:
+    """At TP=2 with 2 heads, rank 1 holds head 1: its o_proj input is [T, 1 * head_dim]."""
+    scales = np.array([3.0, 0.5], dtype=np.float32)
+    runtime = _runtime(ResolvedSteering(head_scales=(HeadScales(0, "all", scales),)))
+    layer = FakeLayer(heads=1)  # this rank's shard: one head
+    install_hooks(nn.ModuleList([layer, FakeLayer(), FakeLayer()]), runtime, tp_rank=1, tp_size=2)
+    attn = torch.randn(T, HEAD_DIM)  # [T, 1 * head_dim]
+    layer.self_attn.o_proj(attn)
+    expected = attn.clone()
+    expected[STEERED_PROMPT + STEERED_GENERATED] *= 0.5
+    assert torch.allclose(layer.self_attn.o_proj.last_input, expected)
