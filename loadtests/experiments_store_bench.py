@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
+from loadtests.git_commit import current_commit
 from steer_serve.experiments.config import ExperimentConfig
 from steer_serve.experiments.results import compute_results
 from steer_serve.experiments.store import ExperimentStore, database_url
@@ -124,7 +125,7 @@ def write(out: Path, args: argparse.Namespace, load_s: float, timings: list[floa
                "results_s": timings, "results_median_s": statistics.median(timings), "results_max_s": max(timings),
                "store_insert_rows_per_s": insert_rate, "copy_load_s": load_s,
                "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
-               "comparisons": len(results["metrics"]) + len(results["guardrails"]),
+               "commit": current_commit(), "comparisons": len(results["metrics"]) + len(results["guardrails"]),
                "arms": {a["name"]: a["requests"] for a in results["arms"]}}
     (out / "bench.json").write_text(json.dumps(summary, indent=2))
     lines = [f"# Experiment store benchmark ({args.exposures:,} exposures, {args.feedback:,} feedback, PostgreSQL)", "",
@@ -133,7 +134,7 @@ def write(out: Path, args: argparse.Namespace, load_s: float, timings: list[floa
              f"- store inserts (batches of 5,000, ON CONFLICT DO NOTHING): {insert_rate:,.0f} rows/s",
              f"- loading the rows with COPY (not measured above): {load_s:.1f} s",
              f"- {summary['comparisons']} comparisons with 40-look confidence sequences; arms {summary['arms']}",
-             f"- machine: {summary['machine']}", ""]
+             f"- machine: {summary['machine']}; commit {summary['commit']}", ""]
     (out / "bench.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
