@@ -105,7 +105,7 @@ def compute_results(config: ExperimentConfig, store: ExperimentStore, version: i
     version = config.version if version is None else version
     rows, killed = queries.arm_rows(store, config.key, version), queries.killed_counts(store, config.key, version)
     arms = [_arm_result(arm, rows.get(arm.name), killed.get(arm.name, 0)) for arm in config.arms]
-    span = queries.time_span(store, config.key, version)
+    span = (min(r.first_ts for r in rows.values()), max(r.last_ts for r in rows.values())) if rows else None
     metrics: list[Comparison] = []
     guardrails: list[GuardrailComparison] = []
     if span is not None:

@@ -30,6 +30,8 @@ class ArmRow:
     latency: list[float] | None
     ttft: list[float] | None
     mean_tokens: float | None
+    first_ts: float
+    last_ts: float
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,11 @@ def arm_rows(store: ExperimentStore, key: str, version: int) -> dict[str, ArmRow
                     func.count().filter(exposures.c.error.is_(True)),
                     quantiles(case((ok, exposures.c.latency_s)), QUANTILE_POINTS),
                     quantiles(case((ok, exposures.c.ttft_s)), QUANTILE_POINTS),
-                    func.avg(case((ok, exposures.c.tokens))))
+                    func.avg(case((ok, exposures.c.tokens))), func.min(exposures.c.ts), func.max(exposures.c.ts))
              .where(_served(key, version)).group_by(exposures.c.arm))
     rows = store.read(query)
     return {r[0]: ArmRow(r[0], r[1], r[2], r[3], as_list(r[4]), as_list(r[5]),
-                         None if r[6] is None else float(r[6])) for r in rows}
+                         None if r[6] is None else float(r[6]), float(r[7]), float(r[8])) for r in rows}
 
 
 def killed_counts(store: ExperimentStore, key: str, version: int) -> dict[str, int]:
@@ -63,11 +65,6 @@ def killed_counts(store: ExperimentStore, key: str, version: int) -> dict[str, i
              .where(exposures.c.experiment == key, exposures.c.version == version, exposures.c.outcome == "killed")
              .group_by(exposures.c.assigned_arm))
     return {arm: count for arm, count in store.read(query)}
-
-
-def time_span(store: ExperimentStore, key: str, version: int) -> tuple[float, float] | None:
-    first, last = store.read(select(func.min(exposures.c.ts), func.max(exposures.c.ts)).where(_served(key, version)))[0]
-    return None if first is None else (float(first), float(last))
 
 
 def _bucket(store: ExperimentStore, ts_column: Any, start_ms: int, width_ms: int) -> Any:

@@ -26,6 +26,7 @@ from steer_serve.experiments.sql_quantiles import register_sqlite_quantiles
 
 CONNECT_TIMEOUT_S = 2  # a replica must notice an unreachable database quickly, not after minutes
 _BATCH = 2000
+RESULTS_WORK_MEM = "256MB"
 
 
 class StoreUnavailable(RuntimeError):
@@ -85,9 +86,13 @@ class ExperimentStore:
         return self.read_control()
 
     def read(self, query: Any) -> list[Any]:
-        """All rows of a SELECT (the results queries)."""
+        """All rows of a SELECT (the results queries). On PostgreSQL the transaction gets enough
+        work_mem for the quantile sorts and hash aggregates over ~1M rows to stay in memory
+        (the 4 MB default spills them to disk)."""
         def run() -> list[Any]:
-            with self.engine.connect() as connection:
+            with self.engine.begin() as connection:
+                if self.backend == "postgresql":
+                    connection.exec_driver_sql(f"SET LOCAL work_mem = '{RESULTS_WORK_MEM}'")
                 return list(connection.execute(query).all())
         return self._guard(run)
 
