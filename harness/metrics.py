@@ -16,3 +16,14 @@ def counter_total(client: httpx.Client, name: str) -> float:
         for sample in family.samples
         if sample.name == f"{name}_total"
     )
+
+
+def counter_by_label(client: httpx.Client, name: str, label: str) -> dict[str, float]:
+    """Counter `name` per value of `label` (e.g. steer_serve:policy_refusals by rule)."""
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples if family.name == name else []:
+            if sample.name == f"{name}_total":
+                key = sample.labels.get(label, "")
+                totals[key] = totals.get(key, 0.0) + sample.value
+    return totals

@@ -22,6 +22,7 @@ from typing import Any
 
 import schemathesis
 
+from loadtests.fuzz_policy import PROBE_KEY, forbidden, policy_yaml
 from loadtests.fuzz_runner import FuzzResult, run_fuzz
 from loadtests.git_commit import current_commit
 from steer_serve.default_model import default_model_dir
@@ -36,10 +37,10 @@ ADMIN_KEY = "fuzz-admin-key"
 MAX_MODEL_LEN = 256
 
 
-def launch_fuzz_server(work_dir: Path, log_dir: Path) -> Server:
+def launch_fuzz_server(work_dir: Path, log_dir: Path, policy: bool = False) -> Server:
     """A steer-serve server whose admin routes can write only inside `work_dir` (not started yet:
     call `wait_ready`). The experiment's arms use inline vectors, so deleting library vectors
-    during the fuzz cannot break a reload."""
+    during the fuzz cannot break a reload. `policy`: under the restrictive policy of fuzz_policy."""
     model = build_tiny_llama(work_dir / "model", default_model_dir())
     vectors = work_dir / "vectors"
     vectors.mkdir(parents=True, exist_ok=True)
@@ -53,9 +54,13 @@ def launch_fuzz_server(work_dir: Path, log_dir: Path) -> Server:
             {"name": "steered", "weight": 1,
              "interventions": [{"type": "add", "vector": [0.25] * TINY_HIDDEN, "layers": [1], "scale": 2.0}]}]
     experiments = write_experiments(work_dir / "experiments", experiment("tone", arms))
+    extra = []
+    if policy:
+        (work_dir / "policy.yaml").write_text(policy_yaml())
+        extra = ["--policy", str(work_dir / "policy.yaml")]
     return Server(model, log_dir, vector_dir=vectors, eager=True, extra_args=[
         "--max-model-len", str(MAX_MODEL_LEN), "--preset-dir", str(work_dir / "presets"),
-        "--experiments", str(experiments), "--admin-key", ADMIN_KEY])
+        "--experiments", str(experiments), "--admin-key", ADMIN_KEY, *extra])
 
 
 def write_report(out: Path, result: FuzzResult, context: dict[str, Any]) -> Path:
@@ -71,7 +76,9 @@ def write_report(out: Path, result: FuzzResult, context: dict[str, Any]) -> Path
         f"modes: {', '.join(f'{k} {v}' for k, v in result.by_mode.items())}; "
         f"{result.steered_ok} steered requests answered 200 (ran in the engine)  ",
         f"5xx: **{len(result.server_errors)}**, no answer: **{len(result.transport_errors)}**, "
-        f"healthy after: **{result.alive_after}**, fixed steered request unchanged: "
+        f"healthy after: **{result.alive_after}**, "
+        f"policy: **{context['policy']}** (2xx for a forbidden body: **{len(result.policy_violations)}**), "
+        f"fixed steered request unchanged: "
         f"**{bool(result.probe_before) and result.probe_before == result.probe_after}**  ",
         f"Result: **{'PASS' if not result.problems else 'FAIL: ' + '; '.join(result.problems)}**", "",
         "| status | count |", "|---|---|",
@@ -102,16 +109,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=6, help="concurrent senders")
+    parser.add_argument("--policy", action="store_true",
+                        help="run under the restrictive steering policy of loadtests/fuzz_policy.py and fail on "
+                             "any 2xx for a body it forbids")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="steer-fuzz-"))
-    server = launch_fuzz_server(work, work)
+    server = launch_fuzz_server(work, work, policy=args.policy)
     try:
         server.wait_ready()
-        result = run_fuzz(server.url, server.model, ADMIN_KEY, args.requests, seed=args.seed, workers=args.workers)
+        result = run_fuzz(server.url, server.model, ADMIN_KEY, args.requests, seed=args.seed, workers=args.workers,
+                          judge=forbidden if args.policy else None, probe_key=PROBE_KEY if args.policy else None)
     finally:
         server.stop()
     context = {"command": " ".join([".venv/bin/python -m loadtests.fuzz_openapi", *sys.argv[1:]]), "seed": args.seed,
-               "schemathesis": schemathesis.SCHEMATHESIS_VERSION, "notes": NOTES, "server_log": str(server.log_path),
+               "schemathesis": schemathesis.SCHEMATHESIS_VERSION, "notes": NOTES,
+               "policy": "restrictive (loadtests/fuzz_policy.py)" if args.policy else "none", "server_log": str(server.log_path),
                "machine": f"{platform.machine()}, Python {platform.python_version()}", "commit": current_commit()}
     print(f"report: {write_report(args.out, result, context)}")
     print(json.dumps({"requests": result.requests, "by_status": result.by_status, "problems": result.problems}))

@@ -16,7 +16,7 @@ import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import numpy as np
@@ -58,6 +58,7 @@ class FuzzResult:
     probe_unsteered: list[int] = field(default_factory=list)
     duration_s: float = 0.0
     generation_s: float = 0.0
+    policy_violations: list[dict[str, Any]] = field(default_factory=list)  # 2xx for a body the policy forbids
 
     @property
     def problems(self) -> list[str]:
@@ -72,6 +73,8 @@ class FuzzResult:
             found.append(f"fixed steered request changed: {self.probe_before} -> {self.probe_after}")
         if self.probe_before == self.probe_unsteered:
             found.append("fixed steered request equals the unsteered one: the probe shows nothing")
+        if self.policy_violations:
+            found.append(f"{len(self.policy_violations)} bodies the policy forbids were answered 2xx")
         return found
 
     def as_dict(self) -> dict[str, Any]:
@@ -82,6 +85,7 @@ class FuzzResult:
                 "by_operation": {op: dict(sorted(c.items())) for op, c in sorted(self.by_operation.items())},
                 "server_errors": self.server_errors, "transport_errors": self.transport_errors,
                 "samples": {op: dict(sorted(by.items())) for op, by in sorted(self.samples.items())},
+                "policy_violations": self.policy_violations,
                 "alive_after": self.alive_after, "probe": {"before": self.probe_before, "after": self.probe_after,
                                                             "unsteered": self.probe_unsteered},
                 "problems": self.problems}
@@ -94,11 +98,19 @@ class Planned:
     mode: str
 
 
-def run_fuzz(base_url: str, model: str, admin_key: str, budget: int, seed: int = 0, workers: int = 6) -> FuzzResult:
-    """Fuzz the server at `base_url` with at least `budget` schemathesis cases; see module docstring."""
+Judge = Callable[[Any], "str | None"]  # why a completion body is forbidden by the server's policy, or None
+
+
+def run_fuzz(base_url: str, model: str, admin_key: str, budget: int, seed: int = 0, workers: int = 6,
+             judge: Judge | None = None, probe_key: str | None = None) -> FuzzResult:
+    """Fuzz the server at `base_url` with at least `budget` schemathesis cases; see module docstring.
+
+    With `judge`, every 2xx completion whose body the judge calls forbidden is a problem; the
+    probe then authenticates with `probe_key` (a caller the policy leaves unrestricted)."""
     result = FuzzResult()
     started = time.perf_counter()
-    with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_S) as client:
+    with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_S,
+                      headers={"Authorization": f"Bearer {probe_key}"} if probe_key else None) as client:
         hidden_size = _hidden_size(client)
         result.probe_unsteered = probe(client, model, steered=False, hidden_size=hidden_size)
         result.probe_before = probe(client, model, steered=True, hidden_size=hidden_size)
@@ -108,7 +120,7 @@ def run_fuzz(base_url: str, model: str, admin_key: str, budget: int, seed: int =
         names["experiments"] = [e["key"] for e in client.get("/v1/steering/experiments").json()["data"]]
         planned = plan_cases(raw, model, budget, seed, names["vectors"], names["presets"], names["experiments"])
         result.generation_s = time.perf_counter() - started
-        _send_all(planned, base_url, admin_key, workers, result)
+        _send_all(planned, base_url, admin_key, workers, result, judge)
         result.alive_after = client.get("/health").status_code == 200
         if result.alive_after:
             result.probe_after = probe(client, model, steered=True, hidden_size=hidden_size)
@@ -167,7 +179,8 @@ def _draw(operation: Any, mode: GenerationMode, count: int, seed: int) -> list[C
     return cases[:count]
 
 
-def _send_all(planned: list[Planned], base_url: str, admin_key: str, workers: int, result: FuzzResult) -> None:
+def _send_all(planned: list[Planned], base_url: str, admin_key: str, workers: int, result: FuzzResult,
+              judge: Judge | None = None) -> None:
     local = threading.local()
     lock = threading.Lock()
 
@@ -198,6 +211,10 @@ def _send_all(planned: list[Planned], base_url: str, admin_key: str, workers: in
             if response.status_code == 200 and _header(response, FINGERPRINT_HEADER):
                 result.steered_ok += 1
             result.samples[item.label].setdefault(status, response.content[:300].decode(errors="replace"))
+            reason = _judged(judge, case, response.status_code)
+            if reason is not None:
+                result.policy_violations.append({"operation": item.label, "status": status, "forbidden": reason,
+                                                 "curl": case.as_curl_command(base_url=base_url)[:4000]})
             if response.status_code >= 500 or (stream_code or 0) >= 500:
                 result.server_errors.append({"operation": item.label, "status": status, "mode": item.mode,
                                              "response": response.content[:1000].decode(errors="replace"),
@@ -205,6 +222,13 @@ def _send_all(planned: list[Planned], base_url: str, admin_key: str, workers: in
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(send, range(len(planned)), planned))
+
+
+def _judged(judge: Judge | None, case: Case, status: int) -> str | None:
+    """Why a 2xx completion's body is forbidden by the policy (None: allowed, not 2xx, or no judge)."""
+    if judge is None or not 200 <= status < 300 or (case.path, case.method.lower()) not in (COMPLETIONS, CHAT):
+        return None
+    return judge(case.body)
 
 
 def _choose_credentials(case: Case, admin_key: str, index: int) -> None:

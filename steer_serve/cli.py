@@ -46,6 +46,8 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
         env["STEER_SERVE_ADMIN_KEY"] = args.admin_key
     if args.max_dose is not None:
         env["STEER_SERVE_MAX_DOSE"] = str(args.max_dose)
+    if args.policy is not None:
+        env["STEER_SERVE_POLICY_FILE"] = str(Path(args.policy).resolve())
     return env
 
 
@@ -56,6 +58,14 @@ def _run_serve(args: argparse.Namespace, passthrough: list[str]) -> int:
         try:  # the schema check is cheap: fail before vLLM spends a minute starting
             load_experiments(Path(args.experiments))
         except ExperimentConfigError as exc:
+            print(f"steer-serve: {exc}", file=sys.stderr)
+            return 2
+    if args.policy is not None:
+        from steer_serve.policy.loader import PolicyError, read_policy
+
+        try:  # the schema check too; names are checked against the library once the model is known
+            read_policy(Path(args.policy))
+        except PolicyError as exc:
             print(f"steer-serve: {exc}", file=sys.stderr)
             return 2
     command = serve_command(args, passthrough)
@@ -175,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="bearer key for admin routes: experiments, vector/preset changes (or env STEER_SERVE_ADMIN_KEY)")
     serve.add_argument("--max-dose", type=float, default=None,
                        help="dose guardrail: clip each token's added vector to this fraction of the layer output's norm")
+    serve.add_argument("--policy", default=None,
+                       help="steering policy YAML: per caller (--api-key, by sha256) what may be steered")
     serve.set_defaults(handler=_run_serve)
 
     extract = commands.add_parser("extract", help="steering vector from contrastive pairs (JSONL) on a model's activations")

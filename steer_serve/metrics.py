@@ -45,6 +45,10 @@ REJECTIONS = Counter(
     "steer_serve:validation_rejections", "Requests refused by the steering gateway, by offending field",
     ["reason"],
 )
+POLICY_REFUSALS = Counter(
+    "steer_serve:policy_refusals", "Requests refused (403) by the steering policy, by rule (`<rule name>.<field>`)",
+    ["rule"],
+)
 VECTORS_LOADED = Gauge(
     "steer_serve:vectors_loaded", "Vectors in the library of the API server", multiprocess_mode="max",
 )

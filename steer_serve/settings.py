@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     experiments_dir: Path | None = Field(None, description="directory of experiment YAML files; None: no experiments")
     exposure_log: Path | None = Field(None, description="exposure JSONL (default: <experiments_dir>/exposures.jsonl)")
     feedback_log: Path | None = Field(None, description="feedback JSONL (default: next to the exposure log)")
+    policy_file: Path | None = Field(None, description="steering policy YAML (who may steer what); None: no policy")
     admin_key: SecretStr | None = Field(None, description="bearer key for the admin routes; None: admin routes refuse")
 
     @property

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from steer_serve import metrics
 from steer_serve.experiments.assignment import arm_index, hash_unit, is_covered
@@ -87,10 +87,13 @@ def resolve_experiment(config: ExperimentConfig, resolver: SteeringResolver) -> 
 
 
 class ArmSelector:
-    def __init__(self, directory: Path, resolver: SteeringResolver, control: ControlFile) -> None:
+    def __init__(self, directory: Path, resolver: SteeringResolver, control: ControlFile,
+                 vet: Callable[[LiveExperiment], LiveExperiment] | None = None) -> None:
+        """`vet` checks (ValueError) and may adjust each loaded experiment: the steering policy's arms rule."""
         self.directory = directory
         self.resolver = resolver
         self.control = control
+        self.vet = vet
         self.experiments = self._load()
         self._generation = control.current().generation
 
@@ -100,6 +103,14 @@ class ArmSelector:
         state = self.control.update(lambda s: s.model_copy(update={"generation": s.generation + 1}))
         self._generation = state.generation
         return self.experiments
+
+    def covers(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> bool:
+        """Whether a running experiment would assign this request an arm (nothing is counted)."""
+        for experiment in self.experiments:
+            unit = experiment.unit_of(body, headers) if experiment.config.status == "running" else None
+            if unit is not None and is_covered(experiment.config.salt, unit, experiment.config.coverage):
+                return True
+        return False
 
     def choose(self, body: Mapping[str, Any], headers: Mapping[str, str], forced: bool) -> Assignment:
         self._follow_other_processes()
@@ -130,7 +141,11 @@ class ArmSelector:
         return Assignment(None, "no_experiment")
 
     def _load(self) -> list[LiveExperiment]:
-        return [resolve_experiment(config, self.resolver) for config in load_experiments(self.directory)]
+        experiments = [resolve_experiment(config, self.resolver) for config in load_experiments(self.directory)]
+        try:
+            return [self.vet(e) for e in experiments] if self.vet is not None else experiments
+        except ValueError as exc:
+            raise ExperimentConfigError(str(exc)) from None
 
     def _follow_other_processes(self) -> None:
         generation = self.control.current().generation

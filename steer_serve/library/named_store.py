@@ -66,6 +66,11 @@ class NamedFileStore(ABC, Generic[Item]):
         known = ", ".join(sorted(snapshot.items)) or "none"
         raise KeyError(f"unknown {self.kind} {name!r} (available: {known})")
 
+    def items(self) -> dict[str, Item]:
+        """Every usable entry by name (a copy of the current snapshot)."""
+        self.refresh()
+        return dict(self._snapshot.items)
+
     @property
     def rejected(self) -> dict[str, str]:
         self.refresh()

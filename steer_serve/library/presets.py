@@ -95,6 +95,7 @@ class PresetLibrary(NamedFileStore[Preset]):
         interventions do not fit the served model; it is called at registration, at load (warnings)
         and when listing."""
         self.check = check
+        self.vet: Callable[[Preset], None] | None = None  # registration only: the steering policy (ValueError)
         super().__init__(directory, poll_s)
         for name, preset in sorted(self._snapshot.items.items()):
             problem = self.problem(preset)
@@ -144,6 +145,11 @@ class PresetLibrary(NamedFileStore[Preset]):
         problem = self.problem(preset)
         if problem:
             raise PresetError(f"preset {name!r} does not fit the served model: {problem}")
+        if self.vet is not None:
+            try:
+                self.vet(preset)
+            except ValueError as exc:
+                raise PresetError(f"preset {name!r} is refused: {exc}") from None
         stored = {"name": name, "description": preset.description, "interventions": preset.raw}
         with self._lock:
             self._reload()

@@ -69,13 +69,16 @@ class ResolvedSteering:
     projections: tuple[LayerProjection, ...] = ()
     head_scales: tuple[HeadScales, ...] = ()
     expert_routing: tuple[ExpertRouting, ...] = ()
+    # |sum of additions| <= max_dose * |layer output| per token, applied by the engine (a caller's policy)
+    max_dose: float | None = None
 
     @property
     def kinds(self) -> frozenset[str]:
-        """Which kinds of edit this configuration uses: add, projection, heads, routing."""
+        """Which kinds of edit this configuration uses: add, projection, heads, routing (and dose, a limit on add)."""
         present = {"add": self.additions, "projection": self.projections, "heads": self.head_scales,
                    "routing": self.expert_routing}
-        return frozenset(kind for kind, edits in present.items() if edits)
+        kinds = {kind for kind, edits in present.items() if edits}
+        return frozenset(kinds | {"dose"} if self.max_dose is not None and self.additions else kinds)
 
     @property
     def phase_dependent(self) -> bool:
@@ -99,6 +102,8 @@ class ResolvedSteering:
             _update(digest, f"|heads|{heads.layer}|{heads.positions}|", heads.scales)
         for route in self.expert_routing:
             digest.update(f"|experts|{route.layer}|{route.positions}|{route.disabled}|{route.forced}".encode())
+        if self.max_dose is not None:  # only then: fingerprints without a dose limit stay as they were
+            digest.update(f"|dose|{self.max_dose!r}".encode())
         return digest.hexdigest()[:32]
 
 

@@ -42,6 +42,7 @@ def encode(steering: ResolvedSteering) -> str:
             {"layer": r.layer, "positions": r.positions, "disable": list(r.disabled), "force": list(r.forced)}
             for r in steering.expert_routing
         ],
+        "dose": steering.max_dose,
     }
     return json.dumps(payload)
 
@@ -62,5 +63,6 @@ def decode(payload: str) -> tuple[str, ResolvedSteering]:
             ExpertRouting(int(r["layer"]), r["positions"], tuple(r["disable"]), tuple(r["force"]))
             for r in data.get("experts", [])
         ),
+        max_dose=None if data.get("dose") is None else float(data["dose"]),
     )
     return str(data["fingerprint"]), steering

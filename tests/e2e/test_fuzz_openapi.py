@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from loadtests.fuzz_openapi import ADMIN_KEY, launch_fuzz_server
+from loadtests.fuzz_policy import PROBE_KEY, forbidden
 from loadtests.fuzz_runner import run_fuzz
 
 pytestmark = pytest.mark.slow
@@ -60,3 +61,24 @@ def test_vector_overflowing_float32_is_a_400(fuzz_server) -> None:
     response = fuzz_server.client.post("/v1/completions", json=body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "steering.interventions[0].vector"
+
+
+@pytest.fixture(scope="module")
+def policed_fuzz_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The same server under the restrictive policy of loadtests/fuzz_policy.py."""
+    work = tmp_path_factory.mktemp("fuzz-policy")
+    server = launch_fuzz_server(work, work, policy=True)
+    request.addfinalizer(server.stop)
+    return server.wait_ready()
+
+
+def test_fuzz_under_a_restrictive_policy_gets_no_5xx_and_no_2xx_for_forbidden_bodies(policed_fuzz_server) -> None:
+    server = policed_fuzz_server
+    result = run_fuzz(server.url, server.model, ADMIN_KEY, BUDGET, seed=2, judge=forbidden, probe_key=PROBE_KEY)
+    assert result.requests >= BUDGET
+    assert not result.server_errors, result.server_errors[:3]
+    assert not result.policy_violations, result.policy_violations[:3]
+    assert result.alive_after and result.probe_after == result.probe_before != result.probe_unsteered
+    completions = [c for op, c in result.by_operation.items() if "completions" in op and "published" not in op]
+    assert sum(c["403"] for c in completions) > 0  # the policy did refuse generated bodies
+    assert result.problems == []

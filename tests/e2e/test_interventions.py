@@ -61,7 +61,11 @@ MODES = {
     "compiled": dict(eager=False),
     "tp2": dict(eager=True, extra_args=["--tensor-parallel-size", "2"], env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}),
     "dose": dict(eager=True, env={"STEER_SERVE_MAX_DOSE": str(MAX_DOSE)}),
+    # the same limit from a steering policy: per request, a row of the steering tables (eager and compiled)
+    "policy-dose": dict(eager=True),
+    "policy-dose-compiled": dict(eager=False),
 }
+DOSE_POLICY = f"default: {{max_dose: {MAX_DOSE}}}\n"
 COMPILED_AND_TP_CASES = ("add+ablate+heads", "add+ablate+experts+heads", "heads-mask-and-scale", "experts-force")
 
 
@@ -83,7 +87,7 @@ def _matrix() -> list[tuple[str, str]]:
     for kind in ("llama", "mixtral"):
         for mode in ("compiled", "tp2"):
             runs += [((kind, mode), case) for case in COMPILED_AND_TP_CASES if case in _cases_for(kind)]
-    return runs + [(("llama", "dose"), DOSE)]
+    return runs + [(("llama", mode), DOSE) for mode in ("dose", "policy-dose", "policy-dose-compiled")]
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +96,19 @@ def arch_dirs(tmp_path_factory, smollm2_dir):
 
 
 @pytest.fixture(scope="module")
-def servers(arch_dirs, log_dir) -> OneAtATime:
+def servers(arch_dirs, log_dir, tmp_path_factory) -> OneAtATime:
     """A server (and HF reference) per (architecture, mode), started once: the matrix is grouped."""
     from harness.hf_reference import HFReference
 
+    policy = tmp_path_factory.mktemp("policy") / "dose.yaml"
+    policy.write_text(DOSE_POLICY)
+
     def start(key: tuple[str, str]) -> tuple[str, Server, HFReference]:
         kind, mode = key
-        return kind, Server(arch_dirs[kind], log_dir, **MODES[mode]).wait_ready(), HFReference(arch_dirs[kind])
+        options = dict(MODES[mode])
+        if mode.startswith("policy"):
+            options["extra_args"] = ["--policy", str(policy)]
+        return kind, Server(arch_dirs[kind], log_dir, **options).wait_ready(), HFReference(arch_dirs[kind])
 
     pool = OneAtATime(start, lambda value: value[1].stop())
     yield pool

@@ -20,10 +20,12 @@ from steer_serve.request import wire_format
 from steer_serve.request.resolved_steering import ResolvedSteering
 from steer_serve.request.errors import FIELD, SteeringError, parse_steering
 from steer_serve.request.steering_resolver import SteeringResolver
+from steer_serve.request.steering_spec import SteeringSpec
 from steer_serve_vllm.api.errors import error_body
 
 if TYPE_CHECKING:
     from steer_serve.experiments.arm_selector import ArmSelector, Assignment
+    from steer_serve.policy.gate import PolicyGate
 
 STEERABLE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 FINGERPRINT_HEADER = "x-steer-serve-fingerprint"
@@ -36,9 +38,14 @@ class Rejection:
     message: str
     param: str | None = None
     status: int = 400
+    rule: str | None = None  # the policy rule that refused (403)
 
     def body(self) -> bytes:
-        return json.dumps(error_body(self.status, self.message, "BadRequestError", self.param)).encode()
+        kind = "PermissionDeniedError" if self.status == 403 else "BadRequestError"
+        body = error_body(self.status, self.message, kind, self.param)
+        if self.rule is not None:
+            body["error"]["rule"] = self.rule
+        return json.dumps(body).encode()
 
 
 @dataclass(frozen=True)
@@ -52,9 +59,11 @@ class Forward:
 
 
 class RequestGateway:
-    def __init__(self, resolver: SteeringResolver, arms: "ArmSelector | None" = None) -> None:
+    def __init__(self, resolver: SteeringResolver, arms: "ArmSelector | None" = None,
+                 policy: "PolicyGate | None" = None) -> None:
         self.resolver = resolver
         self.arms = arms
+        self.policy = policy
 
     def prepare(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Rejection | Forward:
         """Validate and apply the request's own steering or, when it carries none, its experiment arm."""
@@ -68,9 +77,12 @@ class RequestGateway:
             return Forward()
         try:
             raw = _extract_raw_spec(request, path)
-            steering = None if raw is None else self.resolver.resolve(parse_steering(raw))
+            spec = None if raw is None else parse_steering(raw)
+            steering = self._admit(request, path, headers or {}, spec)
         except SteeringError as exc:
             return Rejection(str(exc), exc.param)
+        if isinstance(steering, Rejection):
+            return steering
         assignment = self._assign(request, path, headers or {}, forced=steering is not None)
         if assignment is not None and steering is None:
             steering = assignment.arm.steering  # None for control: the body goes on untouched
@@ -86,6 +98,23 @@ class RequestGateway:
         request["cache_salt"] = f"{salt}|{own_salt}" if salt else own_salt
         headers_out = {FINGERPRINT_HEADER: fingerprint, **extra}
         return Forward(json.dumps(request).encode(), headers_out, fingerprint, assignment)
+
+    def _admit(self, request: dict[str, Any], path: str, headers: Mapping[str, str],
+               spec: SteeringSpec | None) -> "ResolvedSteering | Rejection | None":
+        """The request's own steering, resolved, unless the caller's policy refuses it (403)."""
+        caller = None if self.policy is None or path not in STEERABLE_PATHS else self.policy.caller(headers)
+        refusal = caller and caller.before(request, spec, lambda: self._covered(request, path, headers))
+        steering = None if refusal or spec is None else self.resolver.resolve(spec)
+        if caller is not None and steering is not None:
+            steering = caller.after(steering)
+            refusal = None if isinstance(steering, ResolvedSteering) else steering
+        if refusal:
+            return Rejection(f"refused by policy rule {refusal.rule}: {refusal.message}", refusal.param, 403,
+                             refusal.rule)
+        return steering
+
+    def _covered(self, request: dict[str, Any], path: str, headers: Mapping[str, str]) -> bool:
+        return self.arms is not None and path in STEERABLE_PATHS and self.arms.covers(request, headers)
 
     def _assign(self, request: dict[str, Any], path: str, headers: Mapping[str, str], forced: bool) -> "Assignment | None":
         """The experiment arm served to this request, if any (forced requests are only counted)."""

@@ -101,8 +101,12 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
 
 
 def _header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    """Request headers by lower-case name (the unit of a header-keyed experiment comes from here)."""
-    return {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in headers}
+    """Request headers by lower-case name, the first of repeated ones as Starlette (and so vLLM's
+    --api-key check) reads them: the policy must see the key vLLM authenticated."""
+    mapped: dict[str, str] = {}
+    for key, value in headers:
+        mapped.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
+    return mapped
 
 
 def _with_content_length(headers: list[tuple[bytes, bytes]], length: int) -> list[tuple[bytes, bytes]]:

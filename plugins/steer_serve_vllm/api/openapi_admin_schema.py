@@ -31,7 +31,7 @@ ADMIN_OPERATIONS = (
     ("/v1/steering/vectors", "post"), ("/v1/steering/vectors/{name}", "delete"),
     ("/v1/steering/presets", "post"), ("/v1/steering/presets/{name}", "delete"),
     ("/v1/steering/experiments/reload", "post"), ("/v1/steering/experiments/kill-switch", "post"),
-    ("/v1/steering/experiments/{key}/kill-switch", "post"),
+    ("/v1/steering/experiments/{key}/kill-switch", "post"), ("/v1/steering/policy/reload", "post"),
 )
 
 

@@ -73,6 +73,8 @@ def _residual_hook(runtime: SteeringRuntime, layer: int, max_dose: float | None,
             delta = tables.add[layer].index_select(0, rows)  # [T, D]
             if max_dose is not None:  # a server setting, fixed at trace time
                 delta = _clip_dose(delta, hidden + residual, max_dose)
+            if needed("dose"):  # per request (a caller's policy): a table row, so compiled graphs see it
+                delta = _clip_row_dose(delta, hidden + residual, tables.dose.index_select(0, rows))
             residual = residual + delta  # [T, D]
         if not needed("projection"):
             return hidden, residual
@@ -92,6 +94,14 @@ def _clip_dose(delta: torch.Tensor, stream: torch.Tensor, max_dose: float) -> to
     limit = max_dose * stream.norm(dim=-1, keepdim=True)  # [T, 1]
     size = delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [T, 1]
     return delta * (limit / size).clamp(max=1.0)  # [T, D]
+
+
+def _clip_row_dose(delta: torch.Tensor, stream: torch.Tensor, dose: torch.Tensor) -> torch.Tensor:
+    """Like _clip_dose with each token's own limit `dose` ([T], float32; 0 = no limit)."""
+    limit = dose.unsqueeze(-1).to(stream.dtype) * stream.norm(dim=-1, keepdim=True)  # [T, 1]
+    size = delta.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [T, 1]
+    factor = (limit / size).clamp(max=1.0)  # [T, 1]
+    return delta * torch.where(dose.unsqueeze(-1) > 0, factor, torch.ones_like(factor))  # [T, D]
 
 
 def _head_hook(runtime: SteeringRuntime, layer: int, tp_rank: int, tp_size: int,

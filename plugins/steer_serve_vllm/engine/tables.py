@@ -26,11 +26,13 @@ class SteeringTables:
         experts = max(shape.experts_per_layer.values(), default=0)
         # Router logits are float32 in vLLM's GateLinear; -inf must stay exact.
         self.router_bias = torch.zeros(L, rows, experts, device=device, dtype=torch.float32)  # [L, R, E]
+        # Per-row dose limit of a caller's policy (|addition| <= dose * |layer output|); 0 = none.
+        self.dose = torch.zeros(rows, device=device, dtype=torch.float32)  # [R]
 
     @property
     def nbytes(self) -> int:
         """Device memory held by the tables (reported by the engine stats route)."""
-        tables = (self.add, self.proj_dir, self.proj_value, self.head_scale, self.router_bias)
+        tables = (self.add, self.proj_dir, self.proj_value, self.head_scale, self.router_bias, self.dose)
         return sum(t.numel() * t.element_size() for t in tables)
 
     def load(self, slot: int, steering: ResolvedSteering) -> None:
@@ -39,6 +41,7 @@ class SteeringTables:
         for table, identity in ((self.add, 0.0), (self.proj_dir, 0.0), (self.proj_value, 0.0),
                                 (self.head_scale, 1.0), (self.router_bias, 0.0)):
             table[:, rows].fill_(identity)
+        self.dose[rows] = 0.0 if steering.max_dose is None else steering.max_dose
         self._load_additions(slot, steering)
         self._load_projections(slot, steering)
         self._load_heads(slot, steering)

@@ -16,3 +16,14 @@ def test_encode_decode_is_exact() -> None:
     assert fingerprint == steering.fingerprint == decoded.fingerprint
     assert [(a.layer, a.positions) for a in decoded.additions] == [(1, "all"), (3, "prompt")]
     np.testing.assert_array_equal(decoded.additions[1].vector, steering.additions[1].vector)
+
+
+def test_a_dose_limit_survives_the_wire_and_changes_the_fingerprint() -> None:
+    import dataclasses
+
+    plain = combine_additions([LayerAddition(1, "all", np.array([1.0, 2.0], dtype=np.float32))])
+    dosed = dataclasses.replace(plain, max_dose=0.25)
+    fingerprint, decoded = wire_format.decode(wire_format.encode(dosed))
+    assert decoded.max_dose == 0.25 and fingerprint == dosed.fingerprint != plain.fingerprint
+    assert wire_format.decode(wire_format.encode(plain))[1].max_dose is None
+    assert "dose" in dosed.kinds and "dose" not in plain.kinds

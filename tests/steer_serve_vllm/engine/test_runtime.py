@@ -71,10 +71,31 @@ def test_stats_follow_requests_configurations_and_slots() -> None:
     runtime.prepare_step(["a", "b", "c"], np.array([1, 1, 1]), np.array([0, 0, 0]), np.array([1, 1, 1]))
     stats = runtime.stats(rank=0)
     assert (stats.live_requests, stats.live_configurations, stats.resident_slots, stats.slot_capacity) == (3, 2, 2, 4)
-    # L * R * (D + K*D + K + H) * 4 bytes + T_max * 8 bytes, with R = 2 * (4 + 1) and no experts
+    # L * R * (D + K*D + K + H) * 4 bytes + R * 4 (dose) + T_max * 8 bytes, with R = 2 * (4 + 1) and no experts
     rows, k = 10, runtime.tables.proj_dir.shape[2]
-    assert stats.table_bytes == 3 * rows * (4 + k * 4 + k + 2) * 4 + 16 * 8
+    assert stats.table_bytes == 3 * rows * (4 + k * 4 + k + 2) * 4 + rows * 4 + 16 * 8
     for req_id in ("a", "b", "c"):
         runtime.remove_request(req_id)
     assert runtime.stats(rank=0).model_dump(include={"live_requests", "live_configurations", "resident_slots"}) == {
         "live_requests": 0, "live_configurations": 0, "resident_slots": 0}
+
+
+def test_a_requests_dose_limit_is_loaded_into_its_rows_and_clips_only_them() -> None:
+    import dataclasses
+
+    from steer_serve_vllm.engine.layer_hooks import _clip_row_dose
+
+    runtime = _runtime()
+    steering = combine_additions([LayerAddition(1, "all", np.full(4, 10.0, dtype=np.float32))])
+    runtime.add_request("dosed", {wire_format.EXTRA_ARGS_KEY: wire_format.encode(
+        dataclasses.replace(steering, max_dose=0.5))})
+    runtime.add_request("free", _payload(1, "all", 10.0))
+    runtime.prepare_step(["dosed", "free"], np.array([2, 2]), np.array([0, 0]), np.array([4, 4]))
+    rows = runtime.rows(4)
+    dose = runtime.tables.dose.index_select(0, rows)  # [T]
+    assert dose.tolist() == [0.5, 0.5, 0.0, 0.0]
+    stream = torch.ones(4, 4)  # |h| = 2 per token
+    clipped = _clip_row_dose(_delta(runtime, 1, 4), stream, dose)  # [T, D]
+    assert torch.allclose(clipped[:2].norm(dim=-1), torch.full((2,), 1.0))  # 0.5 * |h|, direction kept
+    assert torch.equal(clipped[2:], _delta(runtime, 1, 4)[2:])  # the other request: untouched
+    assert torch.equal(_clip_row_dose(torch.zeros(1, 4), torch.zeros(1, 4), torch.tensor([0.5])), torch.zeros(1, 4))
