@@ -24,8 +24,13 @@ from steer_serve.request.resolved_steering import (
     LayerProjection,
     ResolvedSteering,
 )
-from steer_serve_vllm.engine.layer_hooks import find_decoder_layers, find_router_gate, install_hooks
+from steer_serve_vllm.engine.adapters.base import Adapter, LayerSites, RouterSite
+from steer_serve_vllm.engine.layer_hooks import install_hooks
 from steer_serve_vllm.engine.runtime import SteeringRuntime
+from steer_serve_vllm.engine.sites import ModelSites
+
+# What the model adapters place on vLLM's Llama-family models, spelt out for the fake layers.
+FAKE_ADAPTER = Adapter("fake", (), "layers", "pair", "self_attn.o_proj")
 
 D, LAYERS, HEADS, HEAD_DIM, EXPERTS = 8, 3, 2, 4, 4
 SHAPE = ModelShape("fake", hidden_size=D, num_layers=LAYERS, num_heads=HEADS,
@@ -107,7 +112,7 @@ def _run(steering: ResolvedSteering, max_dose: float | None = None, skip_unused:
     x = torch.randn(T, D)
     plain = model.layers[1](x)
     plain_seen = model.layers[1].seen()
-    install_hooks(model.layers, _runtime(steering), tp_rank=0, tp_size=1, max_dose=max_dose, skip_unused=skip_unused)
+    install_hooks(sites(model.layers), _runtime(steering), max_dose=max_dose, skip_unused=skip_unused)
     return model.layers[1](x), plain, model.layers[1].seen(), plain_seen
 
 
@@ -115,12 +120,12 @@ def _vector(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(D).astype(np.float32)
 
 
-def test_finders_see_vllms_shapes() -> None:
-    model = FakeModel()
-    assert find_decoder_layers(model, LAYERS) is model.layers
-    assert find_router_gate(model.layers[0]) is model.layers[0].mlp.gate
-    with pytest.raises(RuntimeError, match="no ModuleList of 5 decoder layers"):
-        find_decoder_layers(model, 5)
+def sites(layers: nn.ModuleList, tp_rank: int = 0, tp_size: int = 1) -> ModelSites:
+    """The hook sites of the fake layers: o_proj input, and the GateLinear router (softmax top-k)."""
+    local_heads = HEADS // tp_size
+    placed = [LayerSites(layer.self_attn.o_proj, None,
+                         RouterSite("softmax_topk", EXPERTS, 2, logits=layer.mlp.gate)) for layer in layers]
+    return ModelSites(FAKE_ADAPTER, layers, placed, local_heads, tp_rank * local_heads)
 
 
 def test_addition_is_added_to_the_residual_of_the_steered_generated_tokens_only() -> None:
@@ -205,7 +210,7 @@ def test_an_unsteered_step_leaves_every_output_exact(skip_unused: bool) -> None:
     plain_seen = model.layers[2].seen()
     runtime = SteeringRuntime(SHAPE, max_reqs=4, max_tokens=16, device=torch.device("cpu"), dtype=torch.float32)
     runtime.prepare_step(REQ_IDS, np.array(SCHEDULED), np.array(COMPUTED), np.array(PROMPT))
-    install_hooks(model.layers, runtime, tp_rank=0, tp_size=1, skip_unused=skip_unused)
+    install_hooks(sites(model.layers), runtime, skip_unused=skip_unused)
     hidden, residual = model.layers[2](x)
     assert torch.equal(hidden, plain[0]) and torch.equal(residual, plain[1])
     assert torch.equal(model.layers[2].seen()["router_logits"], plain_seen["router_logits"])
@@ -217,7 +222,7 @@ def test_tensor_parallel_rank_scales_only_its_own_heads() -> None:
     scales = np.array([3.0, 0.5], dtype=np.float32)
     runtime = _runtime(ResolvedSteering(head_scales=(HeadScales(0, "all", scales),)))
     layer = FakeLayer(heads=1)  # this rank's shard: one head
-    install_hooks(nn.ModuleList([layer, FakeLayer(), FakeLayer()]), runtime, tp_rank=1, tp_size=2)
+    install_hooks(sites(nn.ModuleList([layer, FakeLayer(), FakeLayer()]), tp_rank=1, tp_size=2), runtime)
     attn = torch.randn(T, HEAD_DIM)  # [T, 1 * head_dim]
     layer.self_attn.o_proj(attn)
     expected = attn.clone()
