@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import tomllib
 from pathlib import Path
 
-from steer_serve.cli import serve_environment
+from steer_serve.cli import build_parser, serve_environment
 from steer_serve_vllm.api.plugin import SteerServeEndpointPlugin
 from steer_serve_vllm.names import ENDPOINT_PLUGIN, ENGINE_PLUGIN
 
@@ -20,7 +19,6 @@ def test_entry_points_use_the_names() -> None:
 
 
 def test_serve_allow_lists_both_and_the_plugin_calls_itself_by_its_name() -> None:
-    args = argparse.Namespace(vector_dir=None, preset_dir=None, experiments=None, exposure_log=None,
-                              admin_key=None, max_dose=None)
+    args, _ = build_parser().parse_known_args(["serve"])
     assert serve_environment(args)["VLLM_PLUGINS"].split(",") == [ENGINE_PLUGIN, ENDPOINT_PLUGIN]
     assert SteerServeEndpointPlugin.name == ENDPOINT_PLUGIN

@@ -82,7 +82,7 @@ def test_payload_is_one_json_string_of_flat_values(steering: ResolvedSteering) -
             return all(isinstance(k, str) and flat(v) for k, v in value.items())
         if isinstance(value, list):
             return all(flat(v) for v in value)
-        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
 
     assert flat(json.loads(payload))
 
