@@ -62,12 +62,19 @@ def run(warm: int, work: Path) -> list[dict]:
 
 
 def summary(results: list[dict]) -> dict[str, dict[str, float]]:
+    """Median seconds per phase and variant, and their ratio; a phase missing a variant has no ratio."""
     table: dict[str, dict[str, float]] = {}
     for phase in ("cold", "warm"):
-        medians = {v: statistics.median(r["seconds"] for r in results if r["variant"] == v and r["phase"] == phase)
-                   for v in VARIANTS}
-        table[phase] = medians | {"ratio": round(medians["steer-serve"] / medians["plain"], 3)}
+        seconds = {v: [r["seconds"] for r in results if r["variant"] == v and r["phase"] == phase] for v in VARIANTS}
+        medians = {v: statistics.median(s) for v, s in seconds.items() if s}
+        if len(medians) == len(VARIANTS):
+            medians["ratio"] = round(medians["steer-serve"] / medians["plain"], 3)
+        table[phase] = medians
     return table
+
+
+def _cell(row: dict[str, float], key: str, digits: int) -> str:
+    return f"{row[key]:.{digits}f}" if key in row else "not measured"
 
 
 def markdown(results: list[dict], table: dict, context: dict) -> str:
@@ -75,7 +82,7 @@ def markdown(results: list[dict], table: dict, context: dict) -> str:
              "Machine: " + ", ".join(f"{k} {v}" for k, v in context.items()), "",
              "| phase | plain vLLM (median s) | steer-serve (median s) | steer-serve / plain |", "|---|---|---|---|"]
     for phase, row in table.items():
-        lines.append(f"| {phase} | {row['plain']:.1f} | {row['steer-serve']:.1f} | {row['ratio']:.3f} |")
+        lines.append(f"| {phase} | {_cell(row, 'plain', 1)} | {_cell(row, 'steer-serve', 1)} | {_cell(row, 'ratio', 3)} |")
     lines += ["", "| start | phase | variant | seconds | AOT cache key | AOT cache loaded | AOT load failed, recompiled |",
               "|---|---|---|---|---|---|---|"]
     for i, r in enumerate(results):

@@ -66,3 +66,10 @@ def test_phase_dependent_steering_pins_the_prompt_in_the_salt(tmp_path) -> None:
     for positions in ("prompt", "generated"):
         assert _salt(tmp_path, turn, positions) != _salt(tmp_path, next_turn, positions)
         assert _salt(tmp_path, turn, positions) == _salt(tmp_path, list(turn), positions)
+
+
+def test_responses_api_is_steerable_other_paths_are_refused(tmp_path) -> None:
+    steered = _prepare(tmp_path, {"model": "m", "input": "Hi", "steering": SPEC}, path="/v1/responses")
+    assert isinstance(steered, Forward) and wire_format.EXTRA_ARGS_KEY in json.loads(steered.body)["vllm_xargs"]
+    refused = _prepare(tmp_path, {"model": "m", "prompt": "Hi", "steering": SPEC}, path="/tokenize")
+    assert isinstance(refused, Rejection) and "not supported on /tokenize" in refused.message
