@@ -22,10 +22,14 @@ DTYPE = torch.bfloat16
 
 
 def formula_bytes(shape: ModelShape, slots: int, dtype_bytes: int, experts: int = 0) -> int:
-    """L x R x ((1 + K) D + K + H) x b  +  L x R x E x 4, with R = 2 (slots + 1) rows."""
+    """L x R x ((1 + 2K) D + 4K + H) x b  +  L x R x E x 4  +  R x 4, with R = 2 (slots + 1) rows.
+
+    Per layer and row: the addition [D]; K projections, each a direction and an encoder row [D]
+    and four scalars (value, offset, threshold, rescale: SAE feature clamps are projections);
+    the head scales [H]; float32 router biases [E]. Per row: the policy's float32 dose limit."""
     rows, k = 2 * (slots + 1), MAX_PROJECTIONS_PER_LAYER
-    per_row = (1 + k) * shape.hidden_size + k + max(shape.num_heads, 1)
-    return shape.num_layers * rows * (per_row * dtype_bytes + experts * 4)
+    per_row = (1 + 2 * k) * shape.hidden_size + 4 * k + max(shape.num_heads, 1)
+    return shape.num_layers * rows * (per_row * dtype_bytes + experts * 4) + rows * 4
 
 
 def main() -> None:
