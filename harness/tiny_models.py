@@ -78,8 +78,9 @@ CONFIGS: dict[str, PretrainedConfig] = {
     "deepseek_v2": DeepseekV2Config(**_DEEPSEEK, topk_method="group_limited_greedy", routed_scaling_factor=1.0,
                                     norm_topk_prob=False),
     # noaux_tc: vLLM attaches e_score_correction_bias only for this topk_method (DeepSeek-V3's own config says so)
-    "deepseek_v3": DeepseekV3Config(**_DEEPSEEK, topk_method="noaux_tc", routed_scaling_factor=2.5,
-                                    norm_topk_prob=True),
+    # scoring_func: vLLM reads it from the config (default softmax); DeepSeek-V3's config.json says sigmoid
+    "deepseek_v3": DeepseekV3Config(**_DEEPSEEK, topk_method="noaux_tc", scoring_func="sigmoid",
+                                    routed_scaling_factor=2.5, norm_topk_prob=True),
     "gpt_oss": GptOssConfig(**(_COMMON | dict(max_position_embeddings=131072)), **_MOE, num_local_experts=4,
                             sliding_window=128),
 }

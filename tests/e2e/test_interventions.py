@@ -178,7 +178,10 @@ def matches_hf_in_mixed_batch(server, reference, kind: str, mode: str, record_pr
     plain, other = reference.greedy(PROMPT, MAX_TOKENS), reference.greedy(OTHER_PROMPT, MAX_TOKENS)
     expected = {name: reference.greedy(PROMPT, MAX_TOKENS, edits) for name, (_, edits) in cases.items()}
     for name, generation in expected.items():
-        assert_steering_visible(generation, plain), name
+        try:
+            assert_steering_visible(generation, plain)
+        except AssertionError as exc:
+            raise AssertionError(f"{kind} case {name}: {exc}") from None
 
     requests = [(PROMPT, None, MAX_TOKENS), (OTHER_PROMPT, None, MAX_TOKENS)]
     requests += [(PROMPT, steering, MAX_TOKENS) for steering, _ in cases.values()]
