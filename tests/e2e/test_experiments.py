@@ -125,6 +125,7 @@ def test_exposures_feedback_and_results(tiny_experiment_server, traffic, experim
             assert answer.status_code == 200, answer.text
     bad = server.client.post("/v1/steering/feedback", json={"request_id": "x", "metric": "Bad Name", "value": 1})
     assert bad.status_code == 400 and "metric" in bad.json()["error"]["message"]
+    time.sleep(1.0)  # feedback reaches the store through the outbox (flushed every 0.1 s)
     results = server.client.get("/v1/steering/experiments/tone/results").json()
     served = Counter(r.headers[ARM] for r in traffic.values())
     assert {a["name"]: a["units"] for a in results["arms"]} == dict(served)
@@ -167,5 +168,6 @@ def test_admin_routes_need_the_key_and_the_kill_switch_works(tiny_experiment_ser
         assert client.post("/v1/completions", json=body).headers[ARM] == "control"
     finally:
         client.post("/v1/steering/experiments/kill-switch", json={"engaged": False}, headers=ADMIN)
+    time.sleep(1.0)  # the killed exposures reach the store through the outbox (flushed every 0.1 s)
     results = client.get("/v1/steering/experiments/tone/results").json()
     assert next(a for a in results["arms"] if a["name"] == "strong")["killed"] >= 2
