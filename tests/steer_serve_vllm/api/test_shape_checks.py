@@ -1,7 +1,7 @@
 """Steering checked against the served model's shape, without a server.
 
-The shape is read from the tiny Mixtral's HF config by the same `model_shape` the plugin uses
-(4 layers, 2 heads, 4 experts per layer, top-2), and each request goes through the gateway, as
+The shape is the one the tiny Mixtral's engine reports in the capability handshake (4 layers,
+2 heads, 4 experts per layer, top-2, softmax top-k), and each request goes through the gateway, as
 in the server: a 400 whose message names the problem. (tests/e2e/test_interventions.py keeps
 one such 400 against a real server.)
 """
@@ -18,9 +18,19 @@ from steer_serve.library.vector_library import VectorLibrary
 from steer_serve.request.steering_resolver import SteeringResolver
 from steer_serve.settings import Settings
 from steer_serve_vllm.api.gateway import Forward, Rejection, RequestGateway
-from steer_serve_vllm.model_config import model_shape
+from steer_serve.model_shape import ModelShape
 
 V1 = np.random.default_rng(21).standard_normal(TINY_HIDDEN).astype(np.float32).tolist()
+
+
+def model_shape(model_id: str, config) -> ModelShape:  # noqa: ANN001
+    """What the engine reports for a tiny config: every layer MoE when it has experts (softmax top-k)."""
+    experts = getattr(config, "num_local_experts", 0) or getattr(config, "num_experts", 0) or 0
+    layers = range(config.num_hidden_layers)
+    return ModelShape(model_id, config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
+                      experts_per_layer={layer: experts for layer in layers} if experts else {},
+                      experts_per_token=getattr(config, "num_experts_per_tok", 0) if experts else 0,
+                      routing={layer: "softmax_topk" for layer in layers} if experts else {})
 
 
 def _gateway(tmp_path, kind: str) -> RequestGateway:
@@ -33,7 +43,7 @@ def _answer(gateway: RequestGateway, steering: dict) -> Rejection | Forward:
     return gateway.prepare("/v1/completions", json.dumps(body).encode())
 
 
-def test_the_tiny_mixtral_shape_is_read_from_its_config() -> None:
+def test_the_tiny_mixtral_shape_matches_its_config() -> None:
     shape = model_shape("tiny-mixtral", CONFIGS["mixtral"])
     assert (shape.hidden_size, shape.num_layers, shape.num_heads) == (TINY_HIDDEN, 4, 2)
     assert shape.experts_per_layer == {0: 4, 1: 4, 2: 4, 3: 4} and shape.experts_per_token == 2
