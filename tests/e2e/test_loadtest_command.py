@@ -121,6 +121,7 @@ def finished(server: Server) -> float:
 
 
 def loadtest_cli(server_url: str, scenario: dict, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump(scenario))
     return subprocess.run([sys.executable, "-m", "steer_serve.cli", "loadtest", "--url", server_url, "--scenario",
@@ -144,7 +145,7 @@ def test_bad_scenarios_stop_before_traffic(two_seq_server, tmp_path, capsys, cas
     """In-process `steer-serve loadtest` (the same `main` the console script calls; no process start-up cost)."""
     before = finished(two_seq_server)
     path = tmp_path / "scenario.yaml"
-    path.write_text(yaml.safe_dump(mix(two_seq_server.model, **changes)))
+    path.write_text(yaml.safe_dump({**mix(two_seq_server.model), **changes}))
     extra = ["--api-key", key] if key else []
     code = cli_main(["loadtest", "--url", two_seq_server.url, "--scenario", str(path), "--out", str(tmp_path / "out"),
                      "--no-progress", "--tokenizer", two_seq_server.model, *extra])
