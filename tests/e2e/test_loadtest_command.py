@@ -21,6 +21,7 @@ from steer_serve.loadtest.report import write_report
 from steer_serve.loadtest.runner import Target, run_scenario
 from steer_serve.loadtest.scenario import parse_scenario
 from harness.servers import Server
+from steer_serve.cli import main as cli_main
 
 pytestmark = pytest.mark.slow
 API_KEY = "loadtest-key"
@@ -120,6 +121,7 @@ def finished(server: Server) -> float:
 
 
 def loadtest_cli(server_url: str, scenario: dict, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump(scenario))
     return subprocess.run([sys.executable, "-m", "steer_serve.cli", "loadtest", "--url", server_url, "--scenario",
@@ -139,13 +141,17 @@ def loadtest_cli(server_url: str, scenario: dict, tmp_path: Path, *extra: str) -
     ("no-key", {}, None, "answered 401"),
     ("bad-key", {}, "wrong-key", "answered 401"),
 ])
-def test_bad_scenarios_stop_before_traffic(two_seq_server, tmp_path, case, changes, key, message) -> None:
+def test_bad_scenarios_stop_before_traffic(two_seq_server, tmp_path, capsys, case, changes, key, message) -> None:
+    """In-process `steer-serve loadtest` (the same `main` the console script calls; no process start-up cost)."""
     before = finished(two_seq_server)
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump({**mix(two_seq_server.model), **changes}))
     extra = ["--api-key", key] if key else []
-    done = loadtest_cli(two_seq_server.url, mix(two_seq_server.model, **changes), tmp_path, "--tokenizer",
-                        two_seq_server.model, *extra)
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert message in done.stderr and "Traceback" not in done.stderr
+    code = cli_main(["loadtest", "--url", two_seq_server.url, "--scenario", str(path), "--out", str(tmp_path / "out"),
+                     "--no-progress", "--tokenizer", two_seq_server.model, *extra])
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    assert message in stderr and "Traceback" not in stderr
     assert not (tmp_path / "out").exists()
     assert finished(two_seq_server) == before  # nothing reached the engine
 
