@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make serve` (the server on the default model) and `make test`.
 # Both install everything first (scripts/setup.sh, idempotent).
-.PHONY: setup serve test test-fast loadtest loadtest-scenario
+.PHONY: setup serve test test-fast test-architectures loadtest loadtest-scenario
 
 PORT ?= 8000
 export HF_HUB_OFFLINE := 1
@@ -12,7 +12,11 @@ serve: setup
 	.venv/bin/steer-serve serve --port $(PORT) $(ARGS)
 
 test: setup
-	.venv/bin/python -m pytest tests -q $(ARGS)
+	.venv/bin/python -m pytest tests -q -m "not architectures" $(ARGS)
+
+# The whole architecture x intervention matrix (17 architectures, 23 servers, ~50 min on 2 cores).
+test-architectures: setup
+	.venv/bin/python -m pytest tests/e2e/test_interventions.py -q -m architectures $(ARGS)
 
 test-fast: setup
 	.venv/bin/python -m pytest tests -q -m "not slow" $(ARGS)

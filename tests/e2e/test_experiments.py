@@ -17,6 +17,7 @@ from steer_serve.cli import main
 from sqlalchemy import select
 
 from steer_serve.experiments.db_schema import exposures as exposure_table
+from steer_serve.experiments.db_schema import feedback as feedback_table
 from steer_serve.experiments.store import ExperimentStore
 from harness.metrics import counter_total
 
@@ -125,7 +126,10 @@ def test_exposures_feedback_and_results(tiny_experiment_server, traffic, experim
             assert answer.status_code == 200, answer.text
     bad = server.client.post("/v1/steering/feedback", json={"request_id": "x", "metric": "Bad Name", "value": 1})
     assert bad.status_code == 400 and "metric" in bad.json()["error"]["message"]
-    time.sleep(1.0)  # feedback reaches the store through the outbox (flushed every 0.1 s)
+    for _ in range(100):  # feedback reaches the store through the outbox (flushed every 0.1 s; slower under load)
+        if len(list(store.read(select(feedback_table)))) >= 2 * len(traffic):
+            break
+        time.sleep(0.1)
     results = server.client.get("/v1/steering/experiments/tone/results").json()
     served = Counter(r.headers[ARM] for r in traffic.values())
     assert {a["name"]: a["units"] for a in results["arms"]} == dict(served)

@@ -178,10 +178,11 @@ def guarded(request, tiny_llama_dir, tiny_vector_dir, experiments_dir, log_dir, 
     root = tmp_path_factory.mktemp("hostile")
     vectors, presets, experiments = root / "vectors", root / "presets", root / "experiments"
     shutil.copytree(tiny_vector_dir, vectors)  # uploads must never touch the shared fixtures
-    shutil.copytree(experiments_dir, experiments, ignore=shutil.ignore_patterns("*.jsonl", "*.json"))
+    # the definitions only: not the experiment store or outbox another server may be writing
+    shutil.copytree(experiments_dir, experiments, ignore=shutil.ignore_patterns("*.jsonl", "*.json", "*.db*", "outbox"))
     presets.mkdir()
     server = Server(tiny_llama_dir, log_dir, vector_dir=vectors, eager=True, extra_args=[
-        "--preset-dir", str(presets), "--experiments", str(experiments), "--exposure-log", str(root / "exp.jsonl"),
+        "--preset-dir", str(presets), "--experiments", str(experiments),
         "--admin-key", ADMIN_KEY, "--api-key", USER_KEY, ADMIN_KEY])  # one flag, several keys (nargs="+")
     request.addfinalizer(server.stop)
     server.vector_dir = vectors

@@ -100,11 +100,17 @@ TP2 = ("mixtral",)
 EAGER = [k for k in DENSE_KINDS + MOE_KINDS if k != "mixtral"] + ["mixtral"]
 
 
-def _runs() -> list[tuple[str, str, str]]:
+# What `make test` (CI) runs of the matrix: one-tensor layers compiled and the dose modes. The whole
+# matrix (23 servers, ~50 min on 2 cores) is `make test-architectures` (marker `architectures`).
+IN_MAKE_TEST = {("gpt2", "compiled", "hf")} | {("llama", mode, "hf") for mode in DOSE_MODES}
+
+
+def _runs() -> list:
     """(architecture, mode, check), grouped by server: each (architecture, mode) starts once."""
-    return ([(kind, "compiled", "hf") for kind in COMPILED] + [(kind, "tp2", "hf") for kind in TP2]
+    runs = ([(kind, "compiled", "hf") for kind in COMPILED] + [(kind, "tp2", "hf") for kind in TP2]
             + [("llama", mode, "hf") for mode in DOSE_MODES]
             + [(kind, "eager", check) for kind in EAGER for check in ("hf", "no-op")])
+    return [run if run in IN_MAKE_TEST else pytest.param(*run, marks=pytest.mark.architectures) for run in runs]
 
 
 def _cases_in(kind: str, mode: str) -> dict[str, tuple[dict, list]]:
