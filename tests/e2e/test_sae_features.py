@@ -21,7 +21,7 @@ from harness.saes import saelens_model
 from harness.steering_cases import random_vector
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("sae_lens")
+import sae_lens  # noqa: E402,F401  (a test dependency: its absence must fail, not skip)
 
 PROMPT = [1, 504, 3458, 314, 260, 1345, 28, 357, 4110, 2113, 9097, 30]
 OTHER_PROMPT = [1, 2010, 41, 8812, 6354, 17, 3301, 2206]

@@ -16,7 +16,7 @@ import torch
 from steer_serve.library.sae_formats import write_saelens
 from steer_serve.library.sparse_autoencoder import SparseAutoencoder
 
-sae_lens = pytest.importorskip("sae_lens")
+import sae_lens  # noqa: E402  (a test dependency: its absence must fail, not skip)
 
 D, F = 16, 40
 

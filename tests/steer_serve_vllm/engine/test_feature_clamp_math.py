@@ -20,7 +20,7 @@ from steer_serve.request.steering_resolver import feature_clamp
 from steer_serve_vllm.engine.layer_hooks import _project
 from harness.saes import random_sae, saelens_model
 
-sae_lens = pytest.importorskip("sae_lens")
+import sae_lens  # noqa: E402,F401  (a test dependency: its absence must fail, not skip)
 D = 32
 
 
