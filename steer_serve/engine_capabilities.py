@@ -31,6 +31,7 @@ class LayerCapability(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     layer: NonNegativeInt
+    owned: bool = True  # False: this rank's pipeline stage does not run the layer (another stage reports it)
     residual: bool  # add / ablate / clamp on the layer output
     residual_refused: str | None = None
     heads: NonNegativeInt = 0  # attention heads this rank scales (0: head edits refused)
@@ -60,7 +61,9 @@ def merge(model_id: str, workers: list[WorkerCapabilities]) -> ModelShape:
     if not workers:
         raise RuntimeError("steer-serve: no engine worker reported its steering capabilities")
     first = workers[0]
-    by_layer = [[w.layers[i] for w in workers] for i in range(len(first.layers))]
+    # under pipeline parallelism a layer runs on one stage: only the ranks that own it decide
+    by_layer = [[w.layers[i] for w in workers if w.layers[i].owned] or [w.layers[i] for w in workers]
+                for i in range(len(first.layers))]
     refused: dict[str, dict[int, str]] = {"residual": {}, "heads": {}, "experts": {}}
     experts: dict[int, int] = {}
     routing: dict[int, str] = {}

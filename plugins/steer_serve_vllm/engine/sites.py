@@ -68,10 +68,10 @@ def _router_linear(layer: nn.Module) -> nn.Module | None:
 def capabilities(model_sites: ModelSites, rank: int, hidden_size: int) -> WorkerCapabilities:
     """This worker's report: one entry per decoder layer, refusals with their reasons."""
     layers = []
-    for index, site in enumerate(model_sites.sites):
+    for index, (layer, site) in enumerate(zip(model_sites.layers, model_sites.sites)):
         router = site.router
         layers.append(LayerCapability(
-            layer=index, residual=True,
+            layer=index, owned=type(layer).__name__ != "PPMissingLayer", residual=True,
             heads=model_sites.heads_per_rank if site.attention_out is not None else 0,
             first_head=model_sites.first_head, heads_refused=site.heads_refused,
             experts=router.experts if router else 0, top_k=router.top_k if router else 0,

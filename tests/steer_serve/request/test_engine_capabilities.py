@@ -74,3 +74,17 @@ def test_forced_experts_must_fit_in_the_kept_groups(tmp_path) -> None:
 def test_no_worker_report_refuses_to_start() -> None:
     with pytest.raises(RuntimeError, match="no engine worker reported"):
         merge("unit", [])
+
+
+def test_under_pipeline_parallelism_only_the_stage_that_runs_a_layer_decides() -> None:
+    """Stage 0 runs layer 0, stage 1 runs layer 1; each reports the other's layer as not owned."""
+    from steer_serve.engine_capabilities import LayerCapability, WorkerCapabilities, merge
+
+    def stage(rank: int) -> WorkerCapabilities:
+        layers = [LayerCapability(layer=i, owned=i == rank, residual=True, heads=2 if i == rank else 0,
+                                  heads_refused=None if i == rank else "no attention output projection at o_proj")
+                  for i in range(2)]
+        return WorkerCapabilities(rank=rank, architecture="llama", hidden_size=8, layers=layers)
+
+    shape = merge("m", [stage(0), stage(1)])
+    assert shape.num_heads == 2 and shape.refusal("heads", 0) is None and shape.refusal("heads", 1) is None
