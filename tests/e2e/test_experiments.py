@@ -32,6 +32,8 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 def _completion(server, user: str | None = None, stream: bool = False, **extra) -> dict:
     body = {"model": server.model, "prompt": PROMPT, "max_tokens": 4, "temperature": 0.0, "ignore_eos": True,
             "stream": stream, **extra}
+    if stream:  # exact token counts: without a usage chunk they are counted from SSE events, which a loaded
+        body["stream_options"] = {"include_usage": True}  # server may coalesce (README, exposure log)
     return body if user is None else {**body, "user": user}
 
 
