@@ -4,17 +4,20 @@
     # or against an existing database: --experiments-db postgresql://user:pass@host/db (tables are created;
     # the benchmark's rows use experiment key `bench_store` and are left there)
 
-Starts a throwaway PostgreSQL (Debian's server binaries) unless a URL is given, loads the rows
-with COPY (fast, and not what is measured), then times what is measured: the full results
-computation (`compute_results`: per-arm aggregates and quantiles, guardrail and feedback sums in
-40 time buckets, sequential statistics, Holm, SRM), several times, and the store's own batched
-insert path for a slice of extra rows. Writes bench.json and bench.md into --out.
+Starts a throwaway PostgreSQL (Debian's server binaries) unless a URL is given, creates the
+version-1 schema (rows only, no roll-ups), loads the rows with COPY, then runs the migration to
+version 2, which builds the roll-ups from them (timed: what upgrading a filled database costs).
+Then times what is measured: the full results computation (`compute_results`: per-arm totals and
+quantiles, guardrail and feedback sums at up to 40 looks, sequential statistics, Holm, SRM), several
+times, and the store's own batched insert path (rows + roll-ups in one transaction) for a slice of
+extra rows. Writes bench.json and bench.md into --out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -25,7 +28,11 @@ import numpy as np
 import psycopg
 
 from loadtests.git_commit import current_commit
+from sqlalchemy import func, select
+
 from steer_serve.experiments.config import ExperimentConfig
+from steer_serve.experiments.db_migrations import migrate
+from steer_serve.experiments.db_schema import ROLLUP_TABLES
 from steer_serve.experiments.results import compute_results
 from steer_serve.experiments.store import ExperimentStore, database_url
 
@@ -78,11 +85,14 @@ def time_results(store: ExperimentStore, repeats: int) -> tuple[list[float], dic
 
 
 def time_inserts(store: ExperimentStore, rows: int) -> float:
-    """Rows per second through the store's batched, idempotent insert (what the outbox flusher uses)."""
-    batch = [{"request_id": f"extra-{uuid.uuid4().hex}", "ts": 1_700_000_000.0, "experiment": "bench_insert",
-              "version": 1, "arm": "control", "assigned_arm": "control", "outcome": "assigned", "unit": "u",
-              "fingerprint": None, "model": "m", "stream": False, "status": 200, "error": False, "ttft_s": None,
-              "latency_s": 0.1, "tokens": 5, "tokens_source": "usage", "finish_reason": "stop"} for _ in range(rows)]
+    """Rows per second through the store's batched, idempotent insert (what the outbox flusher uses),
+    roll-ups included: 100 requests/s over three arms, varied latencies and units."""
+    rng = np.random.default_rng(1)
+    batch = [{"request_id": f"extra-{uuid.uuid4().hex}", "ts": 1_700_000_000.0 + i / 100, "experiment": "bench_insert",
+              "version": 1, "arm": ARMS[i % 3], "assigned_arm": ARMS[i % 3], "outcome": "assigned", "unit": f"u{i % 5000}",
+              "fingerprint": None, "model": "m", "stream": True, "status": 200, "error": False,
+              "ttft_s": float(rng.uniform(0.01, 0.1)), "latency_s": float(rng.gamma(4.0, 0.1)), "tokens": 5,
+              "tokens_source": "usage", "finish_reason": "stop"} for i in range(rows)]
     started = time.perf_counter()
     for i in range(0, rows, 5000):
         store.insert_exposures(batch[i:i + 5000])
@@ -106,34 +116,52 @@ def main() -> None:
         url = server.new_database()
     try:
         store = ExperimentStore(database_url(url, None))
-        store.migrate()
+        migrate(store.engine, target=1)
         started = time.perf_counter()
         load_rows(url.replace("postgresql+psycopg://", "postgresql://"), args.exposures, args.feedback)
         load_s = time.perf_counter() - started
+        started = time.perf_counter()
+        store.migrate()
+        migrate_s = time.perf_counter() - started
+        postgres = store.read(select(func.version()))[0][0].split(" on ")[0]
+        rollup_rows = {table.name: store.read(select(func.count()).select_from(table))[0][0] for table in ROLLUP_TABLES}
         timings, results = time_results(store, args.repeats)
-        insert_rate = time_inserts(store, 50_000)
+        insert_rate = time_inserts(store, 20_000)
     finally:
         if server is not None:
             server.stop()
-    write(Path(args.out), args, load_s, timings, insert_rate, results)
+    write(Path(args.out), args, {"copy_load_s": load_s, "migration_rollups_s": migrate_s, "rollup_rows": rollup_rows,
+                                 "postgres": postgres},
+          timings, insert_rate, results)
 
 
-def write(out: Path, args: argparse.Namespace, load_s: float, timings: list[float], insert_rate: float,
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def write(out: Path, args: argparse.Namespace, loading: dict, timings: list[float], insert_rate: float,
           results: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     summary = {"exposures": args.exposures, "feedback": args.feedback, "repeats": args.repeats,
                "results_s": timings, "results_median_s": statistics.median(timings), "results_max_s": max(timings),
-               "store_insert_rows_per_s": insert_rate, "copy_load_s": load_s,
-               "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
+               "store_insert_rows_per_s": insert_rate, **loading,
+               "machine": f"{_cpu()}, {os.cpu_count()} cores, python {platform.python_version()}, {loading['postgres']}",
                "commit": current_commit(), "comparisons": len(results["metrics"]) + len(results["guardrails"]),
-               "arms": {a["name"]: a["requests"] for a in results["arms"]}}
+               "arms": {a["name"]: a["requests"] for a in results["arms"]},
+               "looks": max(len(c["trajectory"]) for c in results["guardrails"])}
     (out / "bench.json").write_text(json.dumps(summary, indent=2))
     lines = [f"# Experiment store benchmark ({args.exposures:,} exposures, {args.feedback:,} feedback, PostgreSQL)", "",
              f"- results (`compute_results`, all queries + statistics): median {summary['results_median_s']:.3f} s, "
              f"max {summary['results_max_s']:.3f} s over {args.repeats} runs ({', '.join(f'{t:.3f}' for t in timings)})",
-             f"- store inserts (batches of 5,000, ON CONFLICT DO NOTHING): {insert_rate:,.0f} rows/s",
-             f"- loading the rows with COPY (not measured above): {load_s:.1f} s",
-             f"- {summary['comparisons']} comparisons with 40-look confidence sequences; arms {summary['arms']}",
+             f"- store inserts with their roll-ups (batches of 5,000, one transaction each): {insert_rate:,.0f} rows/s",
+             f"- loading the rows with COPY into the version-1 schema: {loading['copy_load_s']:.1f} s; the migration "
+             f"to version 2 building the roll-ups from them: {loading['migration_rollups_s']:.1f} s",
+             f"- roll-up rows: {loading['rollup_rows']}",
+             f"- {summary['comparisons']} comparisons with confidence sequences at {summary['looks']} looks; "
+             f"arms {summary['arms']}",
              f"- machine: {summary['machine']}; commit {summary['commit']}", ""]
     (out / "bench.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -1,4 +1,4 @@
-"""Per-arm results of one experiment version, from SQL aggregates in the experiment store.
+"""Per-arm results of one experiment version, from the experiment store's roll-ups.
 
 Only exposures of the experiment's current version (or the one asked for) with outcome
 `assigned` are analysed: a new version usually means new weights, and mixing versions would make
@@ -7,7 +7,8 @@ arm, so they are counted apart. Feedback joins on request id; the last value sen
 (request, metric) pair wins. The analysis unit for feedback and guardrails is the request.
 
 Every comparison (arm minus control) is sequential (`sequential.py`): an always-valid p-value
-and a confidence sequence, evaluated at LOOKS equally spaced times over the experiment so far,
+and a confidence sequence, evaluated at up to 40 equally spaced looks over the experiment so far
+(`time_buckets`),
 so the report can draw them over time and an operator may look whenever they like. Holm's
 correction runs over arms x feedback metrics, and separately over arms x guardrails; a
 guardrail is flagged `degraded` when the arm is significantly worse (higher) after correction.
@@ -15,7 +16,6 @@ guardrail is flagged `degraded` when the arm is significantly worse (higher) aft
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -26,10 +26,10 @@ from steer_serve.experiments import sequential, stats
 from steer_serve.experiments.config import Arm, ExperimentConfig
 from steer_serve.experiments.results_queries import Sums
 from steer_serve.experiments.store import ExperimentStore
+from steer_serve.experiments.time_buckets import Timeline
 
 SRM_ALPHA = 0.001  # the conventional threshold for a sample ratio mismatch alarm
 ALPHA = 0.05
-LOOKS = 40
 METHOD = "mSPRT, normal mixture (Johari et al. 2022, 'Always Valid Inference'); Holm across arms x metrics"
 GUARDRAILS: dict[str, Literal["binary", "numeric"]] = {
     "error_rate": "binary", "latency_above_control_p95": "binary", "ttft_above_control_p95": "binary",
@@ -109,14 +109,14 @@ def compute_results(config: ExperimentConfig, store: ExperimentStore, version: i
     metrics: list[Comparison] = []
     guardrails: list[GuardrailComparison] = []
     if span is not None:
-        timeline = _Timeline(span)
+        timeline = Timeline.over(*span)
         control = rows.get(config.control_arm.name)
         latency_p95 = control.latency[queries.P95] if control and control.latency else None
         ttft_p95 = control.ttft[queries.P95] if control and control.ttft else None
-        guard = queries.guardrail_sums(store, config.key, version, timeline.start_ms, timeline.width_ms, latency_p95, ttft_p95)
+        guard = queries.guardrail_sums(store, config.key, version, timeline, latency_p95, ttft_p95)
         guardrails = [GuardrailComparison(**c.model_dump()) for name, kind in GUARDRAILS.items()
                       for c in _compare(config, name, kind, lambda arm, b, name=name: guard.get((arm, b), {}).get(name), timeline, alpha)]
-        sums, binary = queries.feedback_sums(store, config.key, version, timeline.start_ms, timeline.width_ms)
+        sums, binary = queries.feedback_sums(store, config.key, version, timeline)
         metrics = [c for metric in sorted(binary) for c in _compare(
             config, metric, "binary" if binary[metric] else "numeric",
             lambda arm, b, metric=metric: sums.get((metric, arm, b)), timeline, alpha)]
@@ -129,26 +129,15 @@ def compute_results(config: ExperimentConfig, store: ExperimentStore, version: i
                              feedback_unmatched=queries.unmatched_feedback(store))
 
 
-class _Timeline:
-    """LOOKS equal time buckets from the first to the last exposure (integer milliseconds)."""
-
-    def __init__(self, span: tuple[float, float]) -> None:
-        self.start_ms = math.floor(span[0] * 1000)
-        self.width_ms = max(1, math.ceil((math.ceil(span[1] * 1000) - self.start_ms + 1) / LOOKS))
-
-    def end_of(self, bucket: int) -> float:
-        return (self.start_ms + (bucket + 1) * self.width_ms) / 1000
-
-
 def _compare(config: ExperimentConfig, metric: str, kind: Literal["binary", "numeric"],
-             sums_of: Callable[[str, int], Sums | None], timeline: _Timeline, alpha: float) -> list[Comparison]:
+             sums_of: Callable[[str, int], Sums | None], timeline: Timeline, alpha: float) -> list[Comparison]:
     control = config.control_arm.name
-    control_looks = _cumulate([sums_of(control, b) for b in range(LOOKS)])
+    control_looks = _cumulate([sums_of(control, b) for b in range(timeline.looks)])
     rows = []
     for arm in config.arms:
         if arm.control:
             continue
-        arm_looks = _cumulate([sums_of(arm.name, b) for b in range(LOOKS)])
+        arm_looks = _cumulate([sums_of(arm.name, b) for b in range(timeline.looks)])
         looks = [sequential.Look(a.n, *_moments(a), c.n, *_moments(c)) for a, c in zip(arm_looks, control_looks)]
         points = sequential.trajectory(looks, alpha)
         trajectory = [TrajectoryPoint(ts=timeline.end_of(b), n=looks[b].n, control_n=looks[b].control_n,

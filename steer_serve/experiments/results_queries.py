@@ -1,24 +1,30 @@
-"""The SQL behind the results: a handful of GROUP BY queries, never a scan in Python.
+"""The SQL behind the results: reads of the roll-ups (`rollups.py`), never a scan of every row.
 
-Everything is aggregated in the database: per arm (counts, distinct units, quantiles), and per
-arm and time bucket the sums the sequential tests need (n, sum, sum of squares), for the
-guardrails and for every feedback metric. Cumulating the buckets gives the statistic at each
-look, so the confidence sequence over time costs no extra pass over the rows.
+Per arm: totals from the coarsest roll-up level, distinct units, and quantiles from the latency
+histograms. Per arm and time bucket at the level the timeline chose: the sums the sequential
+tests need (n, sum, sum of squares) for the guardrails and every feedback metric, grouped into
+looks here. One quantity is read from the rows: how many requests were slower than control's p95,
+a threshold known only now; a covering index makes that a range scan over the slow rows alone.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, and_, case, cast, func, literal, select
+from sqlalchemy import BigInteger, and_, cast, false, func, select
 
-from steer_serve.experiments.db_schema import exposures, feedback
-from steer_serve.experiments.sql_quantiles import as_list, quantiles
+from steer_serve.experiments import latency_sketch
+from steer_serve.experiments.db_schema import (exposures, rollup_arms, rollup_counters, rollup_exposures,
+                                               rollup_feedback, rollup_latency)
+from steer_serve.experiments.rollups import UNMATCHED
 from steer_serve.experiments.store import ExperimentStore
+from steer_serve.experiments.time_buckets import LEVELS_MS, Timeline
 
 QUANTILE_POINTS = (0.5, 0.9, 0.95, 0.99)
 P95 = QUANTILE_POINTS.index(0.95)
+_TOTALS_LEVEL = LEVELS_MS[-1]  # every level has the same totals; the coarsest has the fewest rows
 
 
 @dataclass(frozen=True)
@@ -36,98 +42,109 @@ class ArmRow:
 
 @dataclass(frozen=True)
 class Sums:
-    """n, sum and sum of squares of one quantity in one (arm, bucket)."""
+    """n, sum and sum of squares of one quantity in one (arm, look)."""
 
     n: int
     total: float
     squares: float
 
 
-def _served(key: str, version: int) -> Any:
-    return and_(exposures.c.experiment == key, exposures.c.version == version, exposures.c.outcome == "assigned")
-
-
 def arm_rows(store: ExperimentStore, key: str, version: int) -> dict[str, ArmRow]:
-    ok = exposures.c.error.is_(False)
-    query = (select(exposures.c.arm, func.count(), func.count(exposures.c.unit.distinct()),
-                    func.count().filter(exposures.c.error.is_(True)),
-                    quantiles(case((ok, exposures.c.latency_s)), QUANTILE_POINTS),
-                    quantiles(case((ok, exposures.c.ttft_s)), QUANTILE_POINTS),
-                    func.avg(case((ok, exposures.c.tokens))), func.min(exposures.c.ts), func.max(exposures.c.ts))
-             .where(_served(key, version)).group_by(exposures.c.arm))
-    rows = store.read(query)
-    return {r[0]: ArmRow(r[0], r[1], r[2], r[3], as_list(r[4]), as_list(r[5]),
-                         None if r[6] is None else float(r[6]), float(r[7]), float(r[8])) for r in rows}
+    r = rollup_exposures.c
+    totals = store.read(
+        select(r.arm, func.sum(r.requests), func.sum(r.errors), func.sum(r.tokens_n), func.sum(r.tokens_sum),
+               func.min(r.first_ts), func.max(r.last_ts))
+        .where(r.experiment == key, r.version == version, r.level_ms == _TOTALS_LEVEL, r.outcome == "assigned")
+        .group_by(r.arm))
+    units = dict(store.read(select(rollup_arms.c.arm, rollup_arms.c.units)
+                            .where(rollup_arms.c.experiment == key, rollup_arms.c.version == version)))
+    h = rollup_latency.c
+    histograms: dict[tuple[str, str], dict[int, int]] = defaultdict(dict)
+    for arm, quantity, index, count in store.read(select(h.arm, h.quantity, h.bin, h.count)
+                                                  .where(h.experiment == key, h.version == version)):
+        histograms[(arm, quantity)][index] = count
+    return {arm: ArmRow(arm, int(requests), int(units.get(arm, 0)), int(errors),
+                        latency_sketch.quantiles(histograms[(arm, "latency")], QUANTILE_POINTS),
+                        latency_sketch.quantiles(histograms[(arm, "ttft")], QUANTILE_POINTS),
+                        float(tokens_sum) / int(tokens_n) if tokens_n else None, float(first), float(last))
+            for arm, requests, errors, tokens_n, tokens_sum, first, last in totals}
 
 
 def killed_counts(store: ExperimentStore, key: str, version: int) -> dict[str, int]:
-    query = (select(exposures.c.assigned_arm, func.count())
-             .where(exposures.c.experiment == key, exposures.c.version == version, exposures.c.outcome == "killed")
-             .group_by(exposures.c.assigned_arm))
-    return {arm: count for arm, count in store.read(query)}
+    """Kill-switched requests per arm the unit was assigned to."""
+    r = rollup_exposures.c
+    query = (select(r.arm, func.sum(r.requests))
+             .where(r.experiment == key, r.version == version, r.level_ms == _TOTALS_LEVEL, r.outcome == "killed")
+             .group_by(r.arm))
+    return {arm: int(count) for arm, count in store.read(query)}
 
 
-def _bucket(store: ExperimentStore, ts_column: Any, start_ms: int, width_ms: int) -> Any:
-    """Integer bucket of a timestamp, floored identically on both backends (PostgreSQL's cast
-    rounds, SQLite's truncates, so PostgreSQL floors first), then integer division."""
-    millis = ts_column * 1000
-    if store.backend == "postgresql":
-        millis = func.floor(millis)
-    return (cast(millis, BigInteger) - literal(start_ms)) // literal(width_ms)
-
-
-def guardrail_sums(store: ExperimentStore, key: str, version: int, start_ms: int, width_ms: int,
+def guardrail_sums(store: ExperimentStore, key: str, version: int, timeline: Timeline,
                    latency_p95: float | None, ttft_p95: float | None) -> dict[tuple[str, int], dict[str, Sums]]:
-    """(arm, bucket) -> guardrail -> sums. Shares are 0/1 values, so their sum of squares is their sum."""
-    e = exposures.c
-    ok = e.error.is_(False)
-    bucket = _bucket(store, e.ts, start_ms, width_ms).label("bucket")
-    error = cast(e.error, Integer)
-    above_latency = case((and_(ok, e.latency_s > (latency_p95 if latency_p95 is not None else float("inf"))), 1), else_=0)
-    streamed = and_(ok, e.ttft_s.is_not(None))
-    above_ttft = case((and_(streamed, e.ttft_s > (ttft_p95 if ttft_p95 is not None else float("inf"))), 1), else_=0)
-    tokens = case((ok, e.tokens))
-    length = case((and_(ok, e.finish_reason == "length"), 1), else_=0)
-    query = (select(e.arm, bucket, func.count(), func.sum(error), func.count().filter(ok), func.sum(above_latency),
-                    func.count().filter(streamed), func.sum(above_ttft), func.count(tokens), func.sum(tokens),
-                    func.sum(tokens * tokens), func.sum(length))
-             .where(_served(key, version)).group_by(e.arm, bucket))
+    """(arm, look) -> guardrail -> sums. Shares are 0/1 values, so their sum of squares is their sum."""
+    r = rollup_exposures.c
+    query = (select(r.arm, r.bucket, r.requests, r.errors, r.ok, r.streamed, r.tokens_n, r.tokens_sum,
+                    r.tokens_squares, r.length)
+             .where(r.experiment == key, r.version == version, r.level_ms == timeline.level_ms,
+                    r.outcome == "assigned"))
+    slow = _slower_than(store, key, version, timeline, exposures.c.latency_s, latency_p95)
+    slow_ttft = _slower_than(store, key, version, timeline, exposures.c.ttft_s, ttft_p95)
+    totals: dict[tuple[str, int], list[float]] = defaultdict(lambda: [0] * 8)
+    for arm, index, *values in store.read(query):
+        look = totals[(arm, timeline.look_of(index))]
+        for i, value in enumerate(values):
+            look[i] += value
     out: dict[tuple[str, int], dict[str, Sums]] = {}
-    for arm, index, n, errors, n_ok, n_slow, n_streamed, n_slow_ttft, n_tokens, s_tokens, q_tokens, n_length in store.read(query):
-        out[(arm, int(index))] = {
-            "error_rate": Sums(n, errors or 0, errors or 0),
-            "latency_above_control_p95": Sums(n_ok, n_slow or 0, n_slow or 0),
-            "ttft_above_control_p95": Sums(n_streamed, n_slow_ttft or 0, n_slow_ttft or 0),
-            "output_tokens": Sums(n_tokens, float(s_tokens or 0), float(q_tokens or 0)),
-            "finish_length_share": Sums(n_ok, n_length or 0, n_length or 0),
+    for (arm, look), (n, errors, n_ok, n_streamed, n_tokens, s_tokens, q_tokens, n_length) in totals.items():
+        n_slow, n_slow_ttft = slow.get((arm, look), 0), slow_ttft.get((arm, look), 0)
+        out[(arm, look)] = {
+            "error_rate": Sums(n, errors, errors),
+            "latency_above_control_p95": Sums(n_ok, n_slow, n_slow),
+            "ttft_above_control_p95": Sums(n_streamed, n_slow_ttft, n_slow_ttft),
+            "output_tokens": Sums(n_tokens, float(s_tokens), float(q_tokens)),
+            "finish_length_share": Sums(n_ok, n_length, n_length),
         }
     return out
 
 
-def feedback_sums(store: ExperimentStore, key: str, version: int, start_ms: int,
-                  width_ms: int) -> tuple[dict[tuple[str, str, int], Sums], dict[str, bool]]:
-    """(metric, arm, bucket) -> sums over the latest value per (request, metric), and metric -> binary.
+def _slower_than(store: ExperimentStore, key: str, version: int, timeline: Timeline, column: Any,
+                 threshold: float | None) -> dict[tuple[str, int], int]:
+    """(arm, look) -> successful requests with `column` above `threshold`, from the rows (index range scan)."""
+    if threshold is None:
+        return {}
+    e = exposures.c
+    bucket = (cast(func.floor(e.ts * 1000) if store.backend == "postgresql" else e.ts * 1000, BigInteger)
+              // timeline.level_ms).label("bucket")  # PostgreSQL's cast rounds, SQLite's truncates (ts > 0)
+    query = (select(e.arm, bucket, func.count())
+             .where(and_(e.experiment == key, e.version == version, e.outcome == "assigned", e.error == false(),
+                         column > threshold))
+             .group_by(e.arm, bucket))
+    counts: dict[tuple[str, int], int] = defaultdict(int)
+    for arm, index, count in store.read(query):
+        counts[(arm, timeline.look_of(int(index)))] += count
+    return counts
+
+
+def feedback_sums(store: ExperimentStore, key: str, version: int,
+                  timeline: Timeline) -> tuple[dict[tuple[str, str, int], Sums], dict[str, bool]]:
+    """(metric, arm, look) -> sums over the latest value per (request, metric), and metric -> binary.
     The bucket is the exposure's, so a look at time t holds the requests served by t."""
-    f = feedback.c
-    rank = func.row_number().over(partition_by=(f.request_id, f.metric), order_by=(f.ts.desc(), f.id.desc()))
-    latest = select(f.request_id, f.metric, f.value, f.binary, rank.label("rank")).subquery()
-    bucket = _bucket(store, exposures.c.ts, start_ms, width_ms).label("bucket")
-    query = (select(latest.c.metric, exposures.c.arm, bucket, func.count(), func.sum(latest.c.value),
-                    func.sum(latest.c.value * latest.c.value), func.min(cast(latest.c.binary, Integer)))
-             .select_from(latest.join(exposures, exposures.c.request_id == latest.c.request_id))
-             .where(latest.c.rank == 1, _served(key, version))
-             .group_by(latest.c.metric, exposures.c.arm, bucket))
-    sums: dict[tuple[str, str, int], Sums] = {}
-    binary: dict[str, bool] = {}
-    for metric, arm, index, n, total, squares, all_binary in store.read(query):
-        sums[(metric, arm, int(index))] = Sums(n, float(total), float(squares))
-        binary[metric] = binary.get(metric, True) and bool(all_binary)
+    f = rollup_feedback.c
+    query = (select(f.metric, f.arm, f.bucket, f.n, f.total, f.squares, f.binary_n)
+             .where(f.experiment == key, f.version == version, f.level_ms == timeline.level_ms))
+    totals: dict[tuple[str, str, int], list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for metric, arm, index, n, total, squares, binary_n in store.read(query):
+        look = totals[(metric, arm, timeline.look_of(index))]
+        look[0], look[1], look[2] = look[0] + n, look[1] + total, look[2] + squares
+        counts[metric][0] += n
+        counts[metric][1] += binary_n
+    sums = {k: Sums(int(n), float(total), float(squares)) for k, (n, total, squares) in totals.items() if n}
+    binary = {metric: n_binary == n for metric, (n, n_binary) in counts.items() if n}
     return sums, binary
 
 
 def unmatched_feedback(store: ExperimentStore) -> int:
     """Feedback rows whose request id matches no exposure at all."""
-    query = select(func.count()).select_from(feedback).where(
-        ~select(exposures.c.request_id).where(exposures.c.request_id == feedback.c.request_id).exists())
-    return int(store.read(query)[0][0])
-
+    rows = store.read(select(rollup_counters.c.value).where(rollup_counters.c.name == UNMATCHED))
+    return int(rows[0][0]) if rows else 0

@@ -2,31 +2,29 @@
 
 One class serves both backends through SQLAlchemy: SQLite (a file; the embedded default, fine
 for one machine and its API-server processes) and PostgreSQL (`postgresql://...`, for replicas on
-several machines). What differs is kept to a few places: the insert that ignores duplicates (both
-dialects spell `ON CONFLICT DO NOTHING`), the quantile aggregate (`sql_quantiles`), the migration
-lock (`db_migrations`) and SQLite's connection pragmas (WAL, so readers never block the writer).
-Every write is idempotent: spooled batches may be sent again after a failure.
+several machines). What differs is kept to a few places: the inserts (both dialects spell
+`ON CONFLICT DO NOTHING` / `DO UPDATE`), the writer and migration lock (`db_migrations`), and SQLite's
+connection pragmas (WAL, so readers never block the writer). Every write is idempotent: spooled
+batches may be sent again after a failure, and only rows really inserted reach the roll-ups.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy import Connection, Engine, create_engine, event, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from steer_serve.experiments import db_schema
+from steer_serve.experiments import db_schema, rollups
 from steer_serve.experiments.records import ControlState
-from steer_serve.experiments.db_migrations import migrate
-from steer_serve.experiments.sql_quantiles import register_sqlite_quantiles
+from steer_serve.experiments.db_migrations import lock_writers, migrate
 
 CONNECT_TIMEOUT_S = 2  # a replica must notice an unreachable database quickly, not after minutes
 _BATCH = 2000
-RESULTS_WORK_MEM = "256MB"
 
 
 class StoreUnavailable(RuntimeError):
@@ -56,10 +54,10 @@ class ExperimentStore:
         return self._guard(lambda: migrate(self.engine))
 
     def insert_exposures(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        return self._insert_ignoring_duplicates(db_schema.exposures, list(rows))
+        return self._insert_ignoring_duplicates(db_schema.exposures, list(rows), rollups.apply_exposures)
 
     def insert_feedback(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        return self._insert_ignoring_duplicates(db_schema.feedback, list(rows))
+        return self._insert_ignoring_duplicates(db_schema.feedback, list(rows), rollups.apply_feedback)
 
     def read_control(self) -> ControlState:
         def read() -> ControlState:
@@ -86,13 +84,9 @@ class ExperimentStore:
         return self.read_control()
 
     def read(self, query: Any) -> list[Any]:
-        """All rows of a SELECT (the results queries). On PostgreSQL the transaction gets enough
-        work_mem for the quantile sorts and hash aggregates over ~1M rows to stay in memory
-        (the 4 MB default spills them to disk)."""
+        """All rows of a SELECT (the results queries read the roll-ups)."""
         def run() -> list[Any]:
-            with self.engine.begin() as connection:
-                if self.backend == "postgresql":
-                    connection.exec_driver_sql(f"SET LOCAL work_mem = '{RESULTS_WORK_MEM}'")
+            with self.engine.connect() as connection:
                 return list(connection.execute(query).all())
         return self._guard(run)
 
@@ -104,22 +98,33 @@ class ExperimentStore:
             self._insert(connection, db_schema.control, [{"name": name, "value": value}])
             connection.execute(update(db_schema.control).where(db_schema.control.c.name == name).values(value=value))
 
-    def _insert_ignoring_duplicates(self, table: Any, rows: list[Mapping[str, Any]]) -> int:
-        """Insert in batches inside one transaction; rows whose key exists are skipped. Returns rows new."""
+    def _insert_ignoring_duplicates(self, table: Any, rows: list[Mapping[str, Any]],
+                                    count: Callable[[Connection, Sequence[Mapping[str, Any]]], None]) -> int:
+        """Insert in batches inside one transaction; rows whose key exists are skipped, and only the
+        rows really inserted are counted into the roll-ups, in the same transaction. Returns rows new."""
         if not rows:
             return 0
+        key = list(table.primary_key.columns)[0]
 
         def write() -> int:
             with self.engine.begin() as connection:
-                return sum(self._insert(connection, table, rows[i:i + _BATCH]) for i in range(0, len(rows), _BATCH))
+                lock_writers(connection)
+                inserted = 0
+                for i in range(0, len(rows), _BATCH):
+                    batch = _first_of_each_key(rows[i:i + _BATCH], key.name)
+                    new = self._insert(connection, table, batch)
+                    count(connection, [row for row in batch if row[key.name] in new])
+                    inserted += len(new)
+                return inserted
         return self._guard(write)
 
-    def _insert(self, connection: Any, table: Any, rows: list[Mapping[str, Any]]) -> int:
+    def _insert(self, connection: Any, table: Any, rows: list[Mapping[str, Any]]) -> set[Any]:
+        """The keys of the rows inserted."""
         dialect = postgresql if self.backend == "postgresql" else sqlite
         key = list(table.primary_key.columns)[0]
         # RETURNING lists only the rows really inserted (rowcount is unreliable for executemany)
         statement = dialect.insert(table).on_conflict_do_nothing().returning(key)
-        return len(connection.execute(statement, rows).all())
+        return {row[0] for row in connection.execute(statement, rows).all()}
 
     def _guard(self, operation: Any) -> Any:
         try:
@@ -135,11 +140,17 @@ def _engine(url: str) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, connect_args={"timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
-        register_sqlite_quantiles(engine)
         return engine
     # pool_pre_ping: after the database restarts, pooled connections are dead; check before use
     return create_engine(parsed, pool_pre_ping=True, pool_size=4, max_overflow=4, pool_timeout=CONNECT_TIMEOUT_S,
                          connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+
+
+def _first_of_each_key(rows: list[Mapping[str, Any]], key: str) -> list[Mapping[str, Any]]:
+    """A batch may carry one key twice (an outbox line written twice): keep its first row, so the
+    roll-ups count exactly the row the database kept."""
+    seen: set[Any] = set()
+    return [row for row in rows if not (row[key] in seen or seen.add(row[key]))]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
