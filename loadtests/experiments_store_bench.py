@@ -126,7 +126,7 @@ def main() -> None:
         postgres = store.read(select(func.version()))[0][0].split(" on ")[0]
         rollup_rows = {table.name: store.read(select(func.count()).select_from(table))[0][0] for table in ROLLUP_TABLES}
         timings, results = time_results(store, args.repeats)
-        insert_rate = time_inserts(store, 20_000)
+        insert_rate = time_inserts(store, 10_000)
     finally:
         if server is not None:
             server.stop()
