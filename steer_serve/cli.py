@@ -178,7 +178,9 @@ def _run_ab_report(args: argparse.Namespace, passthrough: list[str]) -> int:
 
     try:
         config = load_experiment(_experiment_file(Path(args.experiments), args.key))
-        results = compute_results(config, _ab_store(args), args.version)
+        store = _ab_store(args)
+        store.migrate()  # a database last written by an older version gets its roll-ups first
+        results = compute_results(config, store, args.version)
     except (ExperimentConfigError, StoreUnavailable, ValueError) as exc:
         print(f"steer-serve: {exc}", file=sys.stderr)
         return 2

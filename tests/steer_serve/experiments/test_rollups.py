@@ -13,20 +13,21 @@ from sqlalchemy import insert, select
 
 from steer_serve.experiments import latency_sketch, rollups, sequential
 from steer_serve.experiments.config import ExperimentConfig
-from steer_serve.experiments.db_migrations import migrate
+from steer_serve.cli import main
+from steer_serve.experiments.db_migrations import current_version, migrate
 from steer_serve.experiments.db_schema import ROLLUP_TABLES, exposures, feedback
 from steer_serve.experiments.results import compute_results
 from steer_serve.experiments.store import ExperimentStore
 from steer_serve.experiments.time_buckets import LOOKS, Timeline
-from harness.experiments import exposure_row, feedback_row
+from harness.experiments import exposure_row, feedback_row, write_experiments
 
 T0 = 1_700_000_000.0
 _TINY = latency_sketch.MIN_VALUE * (1 + latency_sketch.ALPHA)  # the error allowed below 1 µs
 ADD = [{"type": "add", "vector": "v", "layers": [1], "scale": 2.0}]
-CONFIG = ExperimentConfig.model_validate({
-    "key": "e", "salt": "s", "status": "running", "version": 2, "arms": [
-        {"name": "control", "weight": 2, "control": True}, {"name": "a", "weight": 1, "interventions": ADD},
-        {"name": "b", "weight": 1, "interventions": ADD}]})
+CONFIG_FILE = {"key": "e", "salt": "s", "status": "running", "version": 2, "arms": [
+    {"name": "control", "weight": 2, "control": True}, {"name": "a", "weight": 1, "interventions": ADD},
+    {"name": "b", "weight": 1, "interventions": ADD}]}
+CONFIG = ExperimentConfig.model_validate(CONFIG_FILE)
 
 
 def _rows(seed: int = 3) -> tuple[list[dict], list[dict]]:
@@ -199,7 +200,9 @@ def test_migration_to_version_2_builds_rollups_for_rows_stored_without_them(stor
     with old.engine.begin() as connection:  # as a version-1 server left them: rows, no roll-ups
         connection.execute(insert(exposures), exposure_rows)
         connection.execute(insert(feedback), notes)
-    assert old.migrate() == [2]
+    directory = write_experiments(tmp_path / "exp", CONFIG_FILE)
+    assert main(["ab", "report", "e", "--experiments", str(directory), "--experiments-db", store_url]) == 0
+    assert current_version(old.engine) == 2  # `ab report` ran the migration first
     fresh = ExperimentStore(f"sqlite:///{tmp_path / 'fresh.db'}")
     fresh.migrate()
     _insert_shuffled(fresh, exposure_rows, notes)
