@@ -40,8 +40,10 @@ def _share_table(run: dict[str, Any]) -> list[str]:
         seen = run["headers"][name]
         arms = ", ".join(f"{a}: {n}" for a, n in sorted(seen["arms"].items())) or "-"
         rows.append([name, f"{share['configured']:.1%}", f"{share['requests']} ({share['drawn']:.1%})",
-                     f"{seen['fingerprinted']}/{seen['answered']}", str(seen["distinct_fingerprints"]), arms])
-    lines = _table(["class", "configured", "drawn", "fingerprinted", "distinct fingerprints", "arms"], rows)
+                     f"{seen['fingerprinted']}/{seen['answered']}", str(seen["mismatched"]),
+                     str(seen["distinct_fingerprints"]), arms])
+    lines = _table(["class", "configured", "drawn", "fingerprint as sent", "other fingerprint",
+                    "distinct fingerprints", "arms"], rows)
     return lines + ["", f"Chi-square test of the drawn shares against the configured ones: p = "
                         f"{run['shares']['chi_square_p']:.3f}."]
 

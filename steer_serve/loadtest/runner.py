@@ -13,16 +13,13 @@ from typing import Any
 import httpx
 from scipy.stats import chisquare
 
+from steer_serve.loadtest import fingerprints as fp
 from steer_serve.loadtest import metrics_scrape as ms
 from steer_serve.loadtest import slo as slo_mod
 from steer_serve.loadtest.engine import BenchEngine, BenchJob, BenchOutcome
 from steer_serve.loadtest.preflight import PreflightError, ServerFacts, check_server, hidden_size
 from steer_serve.loadtest.scenario import Scenario, ScenarioError
 from steer_serve.loadtest.traffic import FilePrompt, plan_requests, read_prompt_file
-
-FINGERPRINT = "x-steer-serve-fingerprint"
-ARM = "x-steer-serve-arm"
-
 
 @dataclass(frozen=True)
 class Target:
@@ -102,16 +99,18 @@ def _one_run(scenario: Scenario, target: Target, engine: BenchEngine, client: ht
              index: int, rate: float, progress: bool) -> dict[str, Any]:
     job = _job(scenario, target, prepared, scenario.seed + index, str(index), scenario.requests_at(rate), rate,
                progress)
-    before = ms.scrape(client) if prepared.facts.has_metrics else None
+    expected = fp.expected_fingerprints(client, scenario.model, job.requests)
+    before = ms.settled(client) if prepared.facts.has_metrics else None  # the probes counted before the run
     with ms.Sampler(client) as sampler:
         outcome = engine(job)
     server = None
     if before is not None:
         server = {**ms.server_deltas(before, ms.settled(client)), "peaks": dict(sampler.peaks)}
-    return describe_run(scenario, rate, outcome, server)
+    return describe_run(scenario, rate, outcome, server, fp.check(job.requests, outcome.records, expected))
 
 
-def describe_run(scenario: Scenario, rate: float, outcome: BenchOutcome, server: dict | None) -> dict[str, Any]:
+def describe_run(scenario: Scenario, rate: float, outcome: BenchOutcome, server: dict | None,
+                 fingerprints: dict[str, Any]) -> dict[str, Any]:
     slo_rows = slo_mod.verdicts(scenario.slo, outcome.overall)
     return {
         "rate": None if math.isinf(rate) else rate, "concurrency": scenario.arrival.concurrency,
@@ -119,8 +118,9 @@ def describe_run(scenario: Scenario, rate: float, outcome: BenchOutcome, server:
         "overall": {**outcome.overall, "goodput_share": slo_mod.goodput_share(outcome.overall)},
         "classes": {c.name: {**outcome.classes[c.name], "goodput_share": slo_mod.goodput_share(outcome.classes[c.name])}
                     for c in scenario.traffic if c.name in outcome.classes},
-        "shares": shares(scenario, outcome), "errors": errors_by_status(outcome),
-        "headers": header_counts(scenario, outcome), "server": server,
+        "shares": shares(scenario, outcome),
+        "errors": {**errors_by_status(outcome), **fp.mismatch_errors(fingerprints)},
+        "headers": header_counts(scenario, outcome, fingerprints), "server": server,
         "checks": client_vs_server(outcome, server), "slo": slo_rows, "slo_met": slo_mod.all_met(slo_rows),
     }
 
@@ -153,16 +153,18 @@ def errors_by_status(outcome: BenchOutcome) -> dict[str, Any]:
     return {status: {**e, "classes": dict(e["classes"])} for status, e in grouped.items()}
 
 
-def header_counts(scenario: Scenario, outcome: BenchOutcome) -> dict[str, Any]:
-    """Per class: answers carrying steer-serve's steering fingerprint, and the experiment arms seen."""
+def header_counts(scenario: Scenario, outcome: BenchOutcome, fingerprints: dict[str, Any]) -> dict[str, Any]:
+    """Per class: answers carrying the fingerprint of the steering they asked for (`fingerprinted`)
+    or another one (`mismatched`, also among the errors), distinct fingerprints, experiment arms."""
     out: dict[str, Any] = {}
     for traffic in scenario.traffic:
         records = [r for r in outcome.records if r.traffic_class == traffic.name and r.status == 200]
-        out[traffic.name] = {"answered": len(records),
-                             "fingerprinted": sum(FINGERPRINT in r.headers for r in records),
-                             "distinct_fingerprints": len({r.headers[FINGERPRINT] for r in records
-                                                           if FINGERPRINT in r.headers}),
-                             "arms": dict(Counter(r.headers[ARM] for r in records if ARM in r.headers))}
+        checked = fingerprints.get(traffic.name, {})
+        out[traffic.name] = {"answered": len(records), "fingerprinted": checked.get("matched", 0),
+                             "mismatched": checked.get("mismatched", 0), "expected": checked.get("expected", []),
+                             "distinct_fingerprints": len({r.headers[fp.FINGERPRINT] for r in records
+                                                           if fp.FINGERPRINT in r.headers}),
+                             "arms": dict(Counter(r.headers[fp.ARM] for r in records if fp.ARM in r.headers))}
     return out
 
 
