@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make serve` (the server on the default model) and `make test`.
 # Both install everything first (scripts/setup.sh, idempotent).
-.PHONY: setup serve test test-fast test-architectures loadtest loadtest-scenario
+.PHONY: setup serve test test-fast test-architectures loadtest loadtest-compare
 
 PORT ?= 8000
 export HF_HUB_OFFLINE := 1
@@ -21,12 +21,13 @@ test-architectures: setup
 test-fast: setup
 	.venv/bin/python -m pytest tests -q -m "not slow" $(ARGS)
 
-# The standard comparison against plain vLLM on this machine (~25 min on 2 cores); see loadtests/.
+# The standard comparison: one scenario through `steer-serve loadtest` on plain vLLM, then on steer-serve gated
+# against it (steer-serve/plain ratios in summary.md), then the same load half steered (~6 min on 2 cores).
 loadtest: setup
-	.venv/bin/python -m loadtests.compare --out loadtests/reports/$(or $(REPORT),cpu-default) $(ARGS)
+	.venv/bin/python -m loadtests.scenario_pair --out loadtests/reports/$(or $(REPORT),loadtest-default) \
+		--pair configs/loadtests/plain-vllm.yaml --steered configs/loadtests/mixed-batch.yaml $(ARGS)
 
-# A scenario through `steer-serve loadtest` on plain vLLM, then on steer-serve gated against it
-# (regression table = steer-serve/plain), then steered scenarios on steer-serve (~10 min on 2 cores).
-loadtest-scenario: setup
-	.venv/bin/python -m loadtests.scenario_pair --out loadtests/reports/$(or $(REPORT),loadtest-example) \
-		--pair configs/loadtests/plain-vllm.yaml --steered configs/loadtests/rate-sweep.yaml $(ARGS)
+# The detailed harness behind docs/performance.md: interleaved repeats, open-loop sweeps, MoE and
+# overhead-bound tiny models, the HF-hook baseline (~25 min on 2 cores); see loadtests/compare.py.
+loadtest-compare: setup
+	.venv/bin/python -m loadtests.compare --out loadtests/reports/$(or $(REPORT),cpu-default) $(ARGS)
