@@ -7,7 +7,8 @@ and same-named classes). summary.md collects the ratios.
     .venv/bin/python -m loadtests.scenario_pair --out loadtests/reports/loadtest-default \\
         --pair configs/loadtests/plain-vllm.yaml --steered configs/loadtests/mixed-batch.yaml
 
-Each server runs alone (one after the other) on the default model, compiled as deployed.
+Each server runs alone (one after the other) on the default model, compiled as deployed
+(`--eager`: both in eager mode, for a short run).
 """
 
 from __future__ import annotations
@@ -39,24 +40,25 @@ SUMMARY_FIGURES = ("p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "p99_tpot_ms", "
                    "output_throughput")
 
 
-def server_command(plugin: bool, port: int, experiments: Path) -> tuple[list[str], dict[str, str]]:
+def server_command(plugin: bool, port: int, experiments: Path, eager: bool) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE=DEFAULT_CPU_KVCACHE_GIB,
                VLLM_USE_V2_MODEL_RUNNER="0")  # the model runner steer-serve runs on, for both
+    mode = ["--enforce-eager"] if eager else []
     if plugin:
         return [sys.executable, "-m", "steer_serve.cli", "serve", "--port", str(port),
-                "--experiments", str(experiments)], env
+                "--experiments", str(experiments), *mode], env
     env["VLLM_PLUGINS"] = ""  # an allow-list that matches no plugin: plain vLLM
     return [sys.executable, "-m", VLLM_ENTRY, "--model", str(default_model_dir()), "--served-model-name",
-            DEFAULT_MODEL_NAME, "--port", str(port), "--host", "127.0.0.1"], env
+            DEFAULT_MODEL_NAME, "--port", str(port), "--host", "127.0.0.1", *mode], env
 
 
 @contextmanager
-def running(plugin: bool, port: int, log: Path) -> Iterator[str]:
+def running(plugin: bool, port: int, log: Path, eager: bool) -> Iterator[str]:
     """A server on the default model; steer-serve with a copy of configs/experiments (its store
     writes exposures there, not into the repository)."""
     experiments = Path(tempfile.mkdtemp(prefix="loadtest-experiments-"))
     shutil.copytree(ROOT / "configs" / "experiments", experiments, dirs_exist_ok=True)
-    command, env = server_command(plugin, port, experiments)
+    command, env = server_command(plugin, port, experiments, eager)
     started = time.monotonic()
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -129,20 +131,22 @@ def main() -> int:
                         help="scenarios run on steer-serve only, gated against the plain-vLLM report")
     parser.add_argument("--max-regression", default="0.1")
     parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--eager", action="store_true",
+                        help="both servers with --enforce-eager (start in about a minute on 2 CPU cores instead of ~3)")
     parser.add_argument("--gate", action="store_true", help="exit 1 on a regression or a missed SLO (default: only on errors)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` still stops the server it started
     logs = args.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     baseline = args.out / "plain-vllm" / "report.json"
-    with running(False, args.port, logs / "plain-vllm.log") as url:
+    with running(False, args.port, logs / "plain-vllm.log", args.eager) as url:
         plain = loadtest(url, args.pair, args.out / "plain-vllm", "--title", "plain vLLM", "--no-progress")
     if plain == 2:
         return 2
     gate = ("--baseline", str(baseline), "--max-regression", args.max_regression, "--no-progress")
     names = ["steer-serve", *(scenario.stem for scenario in args.steered)]
     codes = []
-    with running(True, args.port, logs / "steer-serve.log") as url:
+    with running(True, args.port, logs / "steer-serve.log", args.eager) as url:
         codes.append(loadtest(url, args.pair, args.out / "steer-serve", "--title",
                               "steer-serve (baseline: plain vLLM)", *gate))
         for scenario in args.steered:
