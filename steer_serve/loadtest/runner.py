@@ -73,7 +73,7 @@ def run_scenario(scenario: Scenario, target: Target, engine: BenchEngine, *, pro
     with client_for(target) as client:
         prepared = prepare(scenario, target, client)
         if scenario.warmup_requests:
-            _warm_up(scenario, target, engine, prepared)
+            _warm_up(scenario, target, engine, client, prepared)
         runs = [_one_run(scenario, target, engine, client, prepared, i, rate, progress)
                 for i, rate in enumerate(scenario.arrival.rates)]
     return {"scenario": scenario.model_dump(mode="json"), "url": target.url, "runs": runs,
@@ -90,9 +90,13 @@ def _job(scenario: Scenario, target: Target, prepared: Prepared, seed: int, run_
                     slo_mod.goodput_limits(scenario.slo), scenario.ignore_eos, scenario.temperature, seed, progress)
 
 
-def _warm_up(scenario: Scenario, target: Target, engine: BenchEngine, prepared: Prepared) -> None:
-    """Unmeasured requests of the same mix, all at once (first-request costs, allocator, caches)."""
-    engine(_job(scenario, target, prepared, scenario.seed + 10_000, "warmup", scenario.warmup_requests, math.inf, False))
+def _warm_up(scenario: Scenario, target: Target, engine: BenchEngine, client: httpx.Client,
+             prepared: Prepared) -> None:
+    """Unmeasured requests of the same mix, all at once (first-request costs, allocator, caches),
+    their steering probed first so that a spec the server refuses stops the run here."""
+    job = _job(scenario, target, prepared, scenario.seed + 10_000, "warmup", scenario.warmup_requests, math.inf, False)
+    fp.expected_fingerprints(client, scenario.model, job.requests)
+    engine(job)
 
 
 def _one_run(scenario: Scenario, target: Target, engine: BenchEngine, client: httpx.Client, prepared: Prepared,

@@ -15,12 +15,19 @@ import pytest
 import yaml
 from scipy.stats import chisquare
 
+from steer_serve.library.presets import PresetLibrary
+from steer_serve.library.vector_library import VectorLibrary
 from steer_serve.loadtest.engine import load_engine
 from steer_serve.loadtest.metrics_scrape import SUCCESS, scrape
 from steer_serve.loadtest.report import write_report
 from steer_serve.loadtest.runner import Target, run_scenario
 from steer_serve.loadtest.scenario import parse_scenario
+from steer_serve.model_shape import ModelShape
+from steer_serve.request.errors import parse_steering
+from steer_serve.request.steering_resolver import SteeringResolver
+from steer_serve.settings import Settings
 from harness.servers import Server
+from harness.tiny_models import TINY_HIDDEN, TINY_LAYERS
 from steer_serve.cli import main as cli_main
 
 pytestmark = pytest.mark.slow
@@ -65,7 +72,15 @@ def run(server: Server, raw: dict, api_key: str | None = API_KEY) -> dict:
     return run_scenario(parse_scenario(raw), Target(server.url, api_key, server.model), load_engine(), progress=False)
 
 
-def test_mix_counts_shares_and_steering(two_seq_server, tmp_path) -> None:
+def local_fingerprints(vector_dir: Path, preset_dir: Path):
+    """steer_serve.request's own resolution of a spec against the server's library and presets."""
+    shape = ModelShape("tiny", hidden_size=TINY_HIDDEN, num_layers=TINY_LAYERS)
+    plain = SteeringResolver(shape, VectorLibrary(vector_dir, shape), Settings())
+    resolver = plain.with_presets(PresetLibrary(preset_dir, plain.resolve))
+    return lambda spec: resolver.resolve(parse_steering(spec)).fingerprint
+
+
+def test_mix_counts_shares_and_steering(two_seq_server, tiny_vector_dir, preset_dir, tmp_path) -> None:
     report = run(two_seq_server, mix(two_seq_server.model))
     (result,) = report["runs"]
     overall = result["overall"]
@@ -82,7 +97,14 @@ def test_mix_counts_shares_and_steering(two_seq_server, tmp_path) -> None:
     headers = result["headers"]
     for name in ("named", "preset", "random-4"):
         assert headers[name]["fingerprinted"] == headers[name]["answered"] == counts[name]
+    assert all(seen["mismatched"] == 0 for seen in headers.values()) and "fingerprint mismatch" not in result["errors"]
     assert headers["unsteered"]["fingerprinted"] == 0
+    local = local_fingerprints(tiny_vector_dir, preset_dir)  # the probes' fingerprints, computed here
+    assert headers["named"]["expected"] == [local({"interventions": [{"type": "add", "vector": "tiny_a", "scale": 2.0}]})]
+    assert headers["preset"]["expected"] == [local({"preset": "tiny_strong"})]
+    assert len(headers["random-4"]["expected"]) == min(4, counts["random-4"])
+    steered_arms = sum(n for arm, n in headers["ab"]["arms"].items() if arm != "control")
+    assert headers["ab"]["fingerprinted"] == steered_arms > 0  # arms `strong` and `inline` carry theirs
     assert headers["named"]["distinct_fingerprints"] == 1
     assert headers["random-4"]["distinct_fingerprints"] == min(4, counts["random-4"])
     assert sum(headers["ab"]["arms"].values()) == counts["ab"] and len(headers["ab"]["arms"]) > 1
@@ -138,6 +160,8 @@ def loadtest_cli(server_url: str, scenario: dict, tmp_path: Path, *extra: str) -
     ("missing-preset", {"traffic": [{"name": "x", "weight": 1, "steering": {"preset": "nope"}}]}, API_KEY,
      "steering.preset: no preset 'nope'"),
     ("wrong-model", {"model": "other-model"}, API_KEY, "model: the server does not serve 'other-model'"),
+    ("refused-steering", {"traffic": [{"name": "x", "weight": 1, "random_vectors": {"count": 2, "layers": [99]}}],
+                          "warmup_requests": 2}, API_KEY, "traffic 'x': the server refused its steering (400)"),
     ("no-key", {}, None, "answered 401"),
     ("bad-key", {}, "wrong-key", "answered 401"),
 ])
