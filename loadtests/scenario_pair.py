@@ -31,6 +31,7 @@ import httpx
 
 from steer_serve.cli import DEFAULT_CPU_KVCACHE_GIB
 from steer_serve.default_model import DEFAULT_MODEL_NAME, default_model_dir
+from steer_serve.loadtest.plots import plot_reports
 
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_ENTRY = "vllm.entrypoints.launchers.api_server.entry"
@@ -106,8 +107,11 @@ def ratio_rows(out: Path, names: list[str]) -> list[str]:
             continue
         ratios = {(r["class"], r["figure"]): r["ratio"] for r in json.loads(path.read_text())}
         for group in ("all", "unsteered"):
-            if any((group, f) in ratios for f in SUMMARY_FIGURES):
-                cells = [f"{ratios[(group, f)]:.2f}" if (group, f) in ratios else "-" for f in SUMMARY_FIGURES]
+            # A class's throughput counts its share of the requests only: a ratio of all traffic alone.
+            figures = [f for f in SUMMARY_FIGURES if group == "all" or "throughput" not in f]
+            if any((group, f) in ratios for f in figures):
+                cells = [f"{ratios[(group, f)]:.2f}" if (group, f) in ratios and f in figures else "-"
+                         for f in SUMMARY_FIGURES]
                 lines.append(f"| {name} | {group} | " + " | ".join(cells) + " |")
     return lines
 
@@ -117,7 +121,11 @@ def write_summary(out: Path, names: list[str], command: str) -> Path:
     lines = ["# steer-serve vs plain vLLM (same scenario, same machine, same session)", "",
              f"- command: `{command}`", f"- machine: {machine}", "- baseline: plain-vllm/report.json", "",
              "Ratios steer-serve / plain vLLM (latency: below 1 is faster; throughput: above 1 is more).", "",
-             *ratio_rows(out, names), ""]
+             *ratio_rows(out, names), "", "![all traffic: plain vLLM and steer-serve](comparison.png)", ""]
+    reports = {name: json.loads((out / name / "report.json").read_text())
+               for name in ["plain-vllm", *names] if (out / name / "report.json").exists()}
+    if reports:
+        plot_reports(reports, out / "comparison.png", "All traffic, same scenario and load: plain vLLM vs steer-serve")
     path = out / "summary.md"
     path.write_text("\n".join(lines))
     return path

@@ -16,19 +16,29 @@ PANELS = (("ttft", "TTFT"), ("tpot", "TPOT"), ("e2el", "end-to-end latency"))
 def plot_latency(report: dict[str, Any], path: Path) -> None:
     """p50/p90/p99 per traffic class of the first run (the lowest load of a sweep)."""
     run = report["runs"][0]
-    groups = {"all": run["overall"], **run["classes"]}
+    rate = "closed loop" if run["rate"] is None else f"{run['rate']:g} req/s"
+    _percentile_bars({"all": run["overall"], **run["classes"]}, path,
+                     f"{report.get('title') or report['scenario']['model']}: latency by traffic class "
+                     f"({rate}, {run['requests']} requests)")
+
+
+def plot_reports(reports: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+    """All traffic of several reports' first runs side by side (e.g. plain vLLM vs steer-serve)."""
+    _percentile_bars({name: report["runs"][0]["overall"] for name, report in reports.items()}, path, title)
+
+
+def _percentile_bars(groups: dict[str, dict[str, float]], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4))
     width = 0.8 / len(groups)
-    for ax, (metric, title) in zip(axes, PANELS):
+    for ax, (metric, panel) in zip(axes, PANELS):
         for j, (name, metrics) in enumerate(groups.items()):
             values = [metrics.get(f"p{p}_{metric}_ms", 0.0) for p in (50, 90, 99)]
             ax.bar([i + j * width for i in range(3)], values, width, label=name)
         ax.set_xticks([i + width * (len(groups) - 1) / 2 for i in range(3)], ["p50", "p90", "p99"])
-        ax.set_title(title)
+        ax.set_title(panel)
         ax.set_ylabel("ms")
     axes[0].legend(fontsize=8)
-    rate = "closed loop" if run["rate"] is None else f"{run['rate']:g} req/s"
-    fig.suptitle(f"{report['scenario']['model']}: latency by traffic class ({rate}, {run['requests']} requests)")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
