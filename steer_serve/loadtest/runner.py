@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import secrets
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from steer_serve.loadtest.engine import BenchEngine, BenchJob, BenchOutcome
 from steer_serve.loadtest.preflight import PreflightError, ServerFacts, check_server, hidden_size
 from steer_serve.loadtest.scenario import Scenario, ScenarioError
 from steer_serve.loadtest.traffic import FilePrompt, plan_requests, read_prompt_file
+
 
 @dataclass(frozen=True)
 class Target:
