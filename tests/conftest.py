@@ -8,7 +8,6 @@ alive at once on a 24 GiB machine.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,13 @@ from steer_serve.default_model import default_model_dir
 from steer_serve.library.steering_vector import SteeringVector
 from steer_serve.library.vector_formats import write_vector
 from harness.hf_reference import HFReference
-from harness.servers import ADMIN_KEY, EXECUTOR_ENV, Server
+from harness.servers import ADMIN_KEY, Server
 from harness.steering_cases import tiny_library_directions
 from harness.tiny_models import TINY_HIDDEN, TINY_LAYERS, build_tiny_llama, build_tiny_model
 
 # The HF reference runs in this process next to vLLM servers whose workers keep a core busy;
 # two OpenMP threads spinning against them make small forwards orders of magnitude slower.
 torch.set_num_threads(1)
-# Test servers run vLLM's in-process executor: one process fewer to start per server (harness/servers.py).
-os.environ.setdefault(EXECUTOR_ENV, "uni")
 
 
 
@@ -114,9 +111,8 @@ def tiny_plain_server(request, tiny_llama_dir, log_dir) -> Server:
 
 @pytest.fixture(scope="module")
 def smollm2_server(request, smollm2_dir, log_dir) -> Server:
-    """The default model with the shipped vector library, eager: compiled mode is proven on the tiny
-    models (same hooks, same graph capture); compiling SmolLM2's 30 layers costs ~4 min on 2 cores."""
-    return _serve(request, model=smollm2_dir, log_dir=log_dir, eager=True)
+    """The default model with the shipped vector library, compiled (vLLM's default mode)."""
+    return _serve(request, model=smollm2_dir, log_dir=log_dir, eager=False)
 
 
 @pytest.fixture(scope="session")
