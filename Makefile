@@ -11,8 +11,9 @@ setup:
 serve: setup
 	.venv/bin/steer-serve serve --port $(PORT) $(ARGS)
 
+# Two pytest-xdist workers, one per core (tests/conftest.py: one worker per module, OpenMP binding per worker).
 test: setup
-	.venv/bin/python -m pytest tests -q -m "not architectures" $(ARGS)
+	.venv/bin/python -m pytest tests -q -n 2 -m "not architectures" $(ARGS)
 
 # The whole architecture x intervention matrix (17 architectures, 23 servers, ~50 min on 2 cores).
 test-architectures: setup

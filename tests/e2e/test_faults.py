@@ -2,8 +2,8 @@
 engine, and a short soak. The engine stats route (`GET /v1/steering/engine`) is the witness that
 slots are released.
 
-One module server (tiny Llama, eager, 4 slots, admin key) serves every test except engine death,
-which starts and kills its own; so at most two servers of this module are alive at once.
+One module server (tiny Llama, eager, 4 slots, admin key) serves every test; engine death runs
+last and kills it.
 """
 
 from __future__ import annotations
@@ -134,32 +134,23 @@ def _engine_core(server: Server) -> psutil.Process:
     return next(c for c in children if "EngineCore" in c.name() or "EngineCore" in " ".join(c.cmdline()))
 
 
-def test_engine_death_fails_health_and_exits_nonzero(tiny_llama_dir, log_dir) -> None:
+def test_engine_death_fails_health_and_exits_nonzero(fault_server) -> None:
     """vLLM stops the API server when EngineCore dies, but with status 0; steer-serve exits non-zero
-    so that systemd Restart=on-failure / Docker --restart on-failure bring it back."""
-    server = Server(tiny_llama_dir, log_dir, eager=True)
-    try:
-        server.wait_ready()
-        children = psutil.Process(server.process.pid).children(recursive=True)
-        _engine_core(server).kill()
-        deadline = time.monotonic() + 30
-        health = 200
-        while health == 200 and time.monotonic() < deadline:
-            try:
-                health = server.client.get("/health", timeout=2).status_code
-            except httpx.HTTPError:
-                health = -1  # connection refused: the API server is already gone
-            time.sleep(0.2)
-        assert health != 200
-        assert server.process.wait(timeout=60) == ENGINE_DIED_EXIT_CODE, server.log_tail()
-        _, alive = psutil.wait_procs(children, timeout=30)
-        assert not alive, f"engine processes outlived the server: {alive}"
-    finally:
-        server.stop()
-
-
-def test_normal_stop_exits_zero(fault_server) -> None:
-    """The other side of the exit status: SIGTERM on a healthy server is a clean stop (status 0).
-    Runs last in this module: it stops the module server."""
-    fault_server.stop()
-    assert fault_server.process.returncode == 0, fault_server.log_tail()
+    so that systemd Restart=on-failure / Docker --restart on-failure bring it back. Runs last in
+    this module: it kills the module server's engine (a normal stop exiting 0 is checked by
+    test_library_admin.py's restart)."""
+    server = fault_server
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    _engine_core(server).kill()
+    deadline = time.monotonic() + 30
+    health = 200
+    while health == 200 and time.monotonic() < deadline:
+        try:
+            health = server.client.get("/health", timeout=2).status_code
+        except httpx.HTTPError:
+            health = -1  # connection refused: the API server is already gone
+        time.sleep(0.2)
+    assert health != 200
+    assert server.process.wait(timeout=60) == ENGINE_DIED_EXIT_CODE, server.log_tail()
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, f"engine processes outlived the server: {alive}"

@@ -39,9 +39,12 @@ class RestartableServer:
         self._start = start
         self.server = start()
 
-    def restart(self) -> None:
+    def restart(self) -> int:
+        """Stop (SIGTERM) and start again; returns the stopped server's exit status."""
         self.server.stop()
+        status = self.server.process.returncode
         self.server = self._start()
+        return status
 
 
 @pytest.fixture(scope="module")
@@ -238,7 +241,9 @@ def test_changes_survive_a_restart(library_server) -> None:
     assert _arm(server, user) == "treatment"
     _kill_switch(server, True)
     assert _arm(server, user) == "control"
-    library_server.restart()
+    # A normal stop is a clean exit (0); an engine death is not (test_faults.py checks that side).
+    stopped = library_server.server
+    assert library_server.restart() == 0, stopped.log_tail()
     server = library_server.server
     assert [v["name"] for v in server.client.get("/v1/steering/vectors").json()["data"]] == names_before
     assert server.client.get("/v1/steering/vectors/kept").json()["content_sha256"] == _same_direction_vector().content_sha256()
