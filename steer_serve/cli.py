@@ -63,6 +63,10 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
         env["STEER_SERVE_ADMIN_KEY"] = args.admin_key
     if args.max_dose is not None:
         env["STEER_SERVE_MAX_DOSE"] = str(args.max_dose)
+    if args.steering_memory is not None:
+        env["STEER_SERVE_STEERING_MEMORY"] = str(args.steering_memory)
+    if args.steering_slots is not None:
+        env["STEER_SERVE_STEERING_SLOTS"] = str(args.steering_slots)
     if args.policy is not None:
         env["STEER_SERVE_POLICY_FILE"] = str(Path(args.policy).resolve())
     return env
@@ -273,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="bearer key for admin routes: experiments, vector/preset changes (or env STEER_SERVE_ADMIN_KEY)")
     serve.add_argument("--max-dose", type=float, default=None,
                        help="dose guardrail: clip each token's added vector to this fraction of the layer output's norm")
+    serve.add_argument("--steering-memory", type=float, default=None,
+                       help="MiB per engine worker for steering vectors (default 32); steered requests beyond it wait")
+    serve.add_argument("--steering-slots", type=int, default=None,
+                       help="distinct steering configurations per worker (default 256, at most --max-num-seqs); "
+                            "more wait")
     serve.add_argument("--policy", default=None,
                        help="steering policy YAML: per caller (--api-key, by sha256) what may be steered")
     serve.set_defaults(handler=_run_serve)

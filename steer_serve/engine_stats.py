@@ -24,8 +24,11 @@ class WorkerSteeringStats(BaseModel):
     live_requests: NonNegativeInt  # steered requests the worker holds state for
     live_configurations: NonNegativeInt  # distinct steering fingerprints among them
     resident_slots: NonNegativeInt  # table slots holding a configuration (an LRU cache over live ones)
-    slot_capacity: NonNegativeInt  # slots in the tables (max_num_seqs)
+    slot_capacity: NonNegativeInt  # slots in the tables: min(max_num_seqs, --steering-slots)
     table_bytes: NonNegativeInt  # memory of the persistent steering tables on the worker's device
+    vector_capacity: NonNegativeInt = 0  # rows of the shared vector pool configurations can use (--steering-memory)
+    vectors_in_use: NonNegativeInt = 0  # pool rows held by resident configurations
+    pool_bytes: NonNegativeInt = 0  # memory of the vector pool (part of table_bytes)
 
 
 class EngineSteeringStats(BaseModel):

@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     max_dose: float | None = Field(
         None, gt=0, description="clip |added vector| to max_dose * |layer output| per token (engine side); None: off"
     )
+    steering_memory: float = Field(
+        32.0, gt=0, description="MiB per engine worker for steering vectors (the shared vector pool); requests wait beyond it"
+    )
+    steering_slots: int = Field(
+        256, ge=1, description="distinct steering configurations resident per worker (capped at max_num_seqs); more wait"
+    )
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body accepted")
 
     experiments_dir: Path | None = Field(None, description="directory of experiment YAML files; None: no experiments")

@@ -56,14 +56,14 @@ def _residual_hook(runtime: SteeringRuntime, layer: int, pair: bool, max_dose: f
     """`pair` layers return (hidden, residual), stream = hidden + residual, and the edit goes into
     `residual`; other layers return the stream itself ([T, D] or [1, T, D]). Out of place."""
     tables = runtime.tables
-    num_projections = tables.proj_dir.shape[2]
+    num_projections = tables.num_projections
 
     def edit(base: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
         """The edited x, where the stream is base + x (x alone when base is None); [T, D]."""
         rows = runtime.rows(x.shape[0])  # [T]
         stream = (lambda: x) if base is None else (lambda: base + x)
         if needed("add"):
-            delta = tables.add[layer].index_select(0, rows)  # [T, D]
+            delta = tables.added(layer, rows)  # [T, D]
             if max_dose is not None:  # a server setting, fixed at trace time
                 delta = _clip_dose(delta, stream(), max_dose)
             if needed("dose"):  # per request (a caller's policy): a table row, so compiled graphs see it
@@ -71,8 +71,7 @@ def _residual_hook(runtime: SteeringRuntime, layer: int, pair: bool, max_dose: f
             x = x + delta  # [T, D]
         if not needed("projection"):
             return x
-        directions = tables.proj_dir[layer].index_select(0, rows)  # [T, K, D]
-        encoders = tables.proj_enc[layer].index_select(0, rows)  # [T, K, D]
+        directions, encoders = tables.projection_vectors(layer, rows)  # [T, K, D] each
         values = tables.proj_value[layer].index_select(0, rows)  # [T, K]
         offsets = tables.proj_offset[layer].index_select(0, rows)  # [T, K]
         thresholds = tables.proj_threshold[layer].index_select(0, rows)  # [T, K]

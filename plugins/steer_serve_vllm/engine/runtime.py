@@ -21,16 +21,20 @@ from steer_serve.request.resolved_steering import ResolvedSteering
 from steer_serve.model_shape import ModelShape
 from steer_serve_vllm.engine.slots import SlotAllocator
 from steer_serve_vllm.engine.tables import SteeringTables
+from steer_serve_vllm.engine.vector_pool import SteeringBudget, steering_budget
 
 logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
 
 
 class SteeringRuntime:
     def __init__(
-        self, shape: ModelShape, max_reqs: int, max_tokens: int, device: torch.device, dtype: torch.dtype
+        self, shape: ModelShape, max_reqs: int, max_tokens: int, device: torch.device, dtype: torch.dtype,
+        budget: SteeringBudget | None = None,
     ) -> None:
-        self.slots = SlotAllocator(max_reqs)
-        self.tables = SteeringTables(shape, max_reqs, device, dtype)
+        budget = budget or steering_budget(shape.num_layers, shape.hidden_size, dtype.itemsize, max_reqs)
+        self.budget = budget
+        self.slots = SlotAllocator(budget.slots, budget.pool_rows)
+        self.tables = SteeringTables(shape, budget.slots, device, dtype, budget.pool_rows)
         self.token_rows = torch.zeros(max_tokens, dtype=torch.long, device=device)  # [T_max]
         pin = device.type == "cuda"
         # Two pinned staging buffers, used alternately: with async scheduling the host prepares
@@ -79,6 +83,8 @@ class SteeringRuntime:
             rank=rank, live_requests=self.num_live_requests, live_configurations=len(self._configs),
             resident_slots=self.slots.num_resident, slot_capacity=self.slots.capacity,
             table_bytes=self.tables.nbytes + self.token_rows.numel() * self.token_rows.element_size(),
+            vector_capacity=self.slots.vector_capacity, vectors_in_use=self.slots.vectors_in_use,
+            pool_bytes=self.tables.pool.numel() * self.tables.pool.element_size(),
         )
 
     # ---- per step ----------------------------------------------------------------------
@@ -101,9 +107,10 @@ class SteeringRuntime:
         self._write_rows(2 * slot[req_index] + generated, req_index.shape[0])
 
     def _assign_slots(self, fingerprints: list[str]) -> dict[str, int]:
-        slot_of, loaded = self.slots.assign(fingerprints)
+        steering = {fp: self._configs[fp][0] for fp in fingerprints}
+        slot_of, loaded = self.slots.assign(fingerprints, lambda fp: self.tables.plan(steering[fp]).num_vectors)
         for fingerprint in loaded:
-            self.tables.load(slot_of[fingerprint], self._configs[fingerprint][0])
+            self.tables.load(slot_of[fingerprint], steering[fingerprint], self.slots.pool_rows(fingerprint))
         return slot_of
 
     def _write_rows(self, rows: np.ndarray | None, num_tokens: int) -> None:

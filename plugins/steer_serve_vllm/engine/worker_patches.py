@@ -15,6 +15,7 @@ from typing import Any, Callable
 from steer_serve.model_shape import ModelShape
 from steer_serve.settings import Settings
 from steer_serve_vllm.engine.adapters import adapter_for
+from steer_serve_vllm.engine.admission import budget_for
 from steer_serve_vllm.engine.layer_hooks import install_hooks
 from steer_serve_vllm.engine.runtime import SteeringRuntime
 from steer_serve_vllm.engine.sites import ModelSites, capabilities, place_sites
@@ -132,16 +133,19 @@ def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
     adapter = adapter_for(getattr(runner.model_config.hf_config, "architectures", None))
     model_sites = place_sites(adapter, runner.get_model(), config.num_hidden_layers, config.num_attention_heads,
                               get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size())
+    settings = Settings()  # the API server's environment is inherited by engine processes
+    budget = budget_for(runner.vllm_config, settings)
     runtime = SteeringRuntime(_table_shape(config, model_sites), runner.max_num_reqs, runner.max_num_tokens,
-                              runner.device, runner.model_config.dtype)
-    max_dose = Settings().max_dose  # the API server's environment is inherited by engine processes
+                              runner.device, runner.model_config.dtype, budget)
+    max_dose = settings.max_dose
     eager = runner.vllm_config.compilation_config.mode == CompilationMode.NONE
     install_hooks(model_sites, runtime, max_dose, skip_unused=eager)
     setattr(runner, _RUNTIME_ATTR, runtime)
     setattr(runner, _SITES_ATTR, model_sites)
     logger.info("steer-serve: %s adapter, hooks on %d decoder layers (%d with expert edits), %d slots, "
-                "dose guardrail %s", adapter.name, len(model_sites.layers),
-                sum(s.router is not None for s in model_sites.sites), runner.max_num_reqs, max_dose or "off")
+                "%d pool vectors, tables %.1f MiB, dose guardrail %s", adapter.name, len(model_sites.layers),
+                sum(s.router is not None for s in model_sites.sites), budget.slots, budget.vector_capacity,
+                runtime.tables.nbytes / 2**20, max_dose or "off")
 
 
 def _table_shape(config: Any, model_sites: ModelSites) -> ModelShape:

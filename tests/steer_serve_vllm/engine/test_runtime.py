@@ -10,16 +10,19 @@ from harness.libraries import combine_additions
 from steer_serve.request.resolved_steering import LayerAddition
 from steer_serve.model_shape import ModelShape
 from steer_serve_vllm.engine.runtime import SteeringRuntime
+from steer_serve_vllm.engine.vector_pool import SteeringBudget
 
 SHAPE = ModelShape("unit", hidden_size=4, num_layers=3, num_heads=2)
+POOL_ROWS = 16
 
 
 def _runtime() -> SteeringRuntime:
-    return SteeringRuntime(SHAPE, max_reqs=4, max_tokens=16, device=torch.device("cpu"), dtype=torch.float32)
+    return SteeringRuntime(SHAPE, max_reqs=4, max_tokens=16, device=torch.device("cpu"), dtype=torch.float32,
+                           budget=SteeringBudget(slots=4, pool_rows=POOL_ROWS))
 
 
 def _delta(runtime: SteeringRuntime, layer: int, num_tokens: int) -> torch.Tensor:
-    return runtime.tables.add[layer].index_select(0, runtime.rows(num_tokens))  # [T, D]
+    return runtime.tables.added(layer, runtime.rows(num_tokens))  # [T, D]
 
 
 def _payload(layer: int, positions: str, value: float) -> dict:
@@ -71,10 +74,11 @@ def test_stats_follow_requests_configurations_and_slots() -> None:
     runtime.prepare_step(["a", "b", "c"], np.array([1, 1, 1]), np.array([0, 0, 0]), np.array([1, 1, 1]))
     stats = runtime.stats(rank=0)
     assert (stats.live_requests, stats.live_configurations, stats.resident_slots, stats.slot_capacity) == (3, 2, 2, 4)
-    # L * R * (D + 2*K*D + 4*K + H) * 4 bytes + R * 4 (dose) + T_max * 8 bytes, with R = 2 * (4 + 1) and no
-    # experts (projections: direction and encoder rows, value, offset, threshold, rescale flag)
-    rows, k = 10, runtime.tables.proj_dir.shape[2]
-    assert stats.table_bytes == 3 * rows * (4 + 2 * k * 4 + 4 * k + 2) * 4 + rows * 4 + 16 * 8
+    # pool P * D * 4 + L * R * ((1 + 2K) int32 indexes + 4K scalars + H head scales) * 4 bytes + R * 4 (dose)
+    # + T_max * 8 bytes, with R = 2 * (4 + 1) and no experts
+    rows, k = 10, runtime.tables.num_projections
+    assert stats.table_bytes == POOL_ROWS * 4 * 4 + 3 * rows * (1 + 2 * k + 4 * k + 2) * 4 + rows * 4 + 16 * 8
+    assert (stats.vector_capacity, stats.vectors_in_use, stats.pool_bytes) == (POOL_ROWS - 1, 2, POOL_ROWS * 16)
     for req_id in ("a", "b", "c"):
         runtime.remove_request(req_id)
     assert runtime.stats(rank=0).model_dump(include={"live_requests", "live_configurations", "resident_slots"}) == {
