@@ -58,6 +58,7 @@ _GUARD, _DEATH, _PLUGIN = "api/endpoint_guard.py", "api/engine_death.py", "api/p
 _PATCHES, _HOOKS = "engine/worker_patches.py", "engine/layer_hooks.py"
 _ADAPTERS, _ROUTING, _SELECTION = "engine/adapters/", "engine/adapters/routing.py", "engine/selection.py"
 _ROUTER = "vllm.model_executor.layers.fused_moe.router.cpu_router"
+_SCHED, _ADMISSION = "vllm.v1.core.sched.scheduler", "engine/admission.py"
 
 
 def _api(how: How, module: str, path: str, why: str, drop_when: str, ours: str, **extra: str) -> LedgerRecord:
@@ -235,6 +236,29 @@ LEDGER: tuple[LedgerRecord, ...] = (
     _engine("plant", _RUNNER, "GPUModelRunner._steer_serve_patched",
             "marks the class as patched, so loading the general plugin again patches nothing twice",
             "the patches go", _PATCHES),
+    _engine("wrap", _SCHED, "Scheduler.schedule",
+            "EngineCore: note the steering configurations (fingerprint, pool vectors) of the running requests before "
+            "each step, for the admission check below (AsyncScheduler inherits it)",
+            "vLLM lets plugins limit admission by a per-request resource (as max_loras does for LoRA)", _ADMISSION),
+    _engine("wrap", _SCHED, "Scheduler._handle_blocked_waiting_request",
+            "EngineCore: a waiting steered request whose configuration would exceed the workers' steering slots or "
+            "vector pool is skipped this step and stays queued, exactly as a request over max_loras is",
+            "as above", _ADMISSION, evidence="Returns True if scheduling of this request should proceed"),
+    _engine("rely", _SCHED, "Scheduler.running",
+            "the running requests whose configurations the workers must hold this step", "as above", _ADMISSION),
+    _engine("rely", "vllm.v1.request", "Request.sampling_params",
+            "the steering payload (extra_args) the admission reads, as the worker does", "as above", _ADMISSION),
+    _engine("plant", _SCHED, "Scheduler._steer_serve_patched",
+            "marks the class as patched, so loading the general plugin again wraps once", "the patches go",
+            _ADMISSION),
+    _engine("plant", _SCHED, "Scheduler._steer_serve_admitted",
+            "per scheduler instance, during schedule(): the configurations admitted so far in this step",
+            "the patches go", _ADMISSION),
+    _engine("plant", _SCHED, "Scheduler._steer_serve_budget",
+            "per scheduler instance: the workers' slots and pool vectors, computed once", "the patches go",
+            _ADMISSION),
+    _engine("plant", "vllm.v1.request", "Request._steer_serve_need",
+            "per request: its (fingerprint, pool vectors), decoded once", "the patches go", _ADMISSION),
     _engine("plant", _RUNNER, "GPUModelRunner._steer_serve_runtime",
             "each model runner instance holds its SteeringRuntime (tables, slots, token rows)", "the patches go",
             _PATCHES),

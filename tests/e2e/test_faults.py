@@ -26,14 +26,16 @@ from harness.steering_cases import random_vector
 pytestmark = pytest.mark.slow
 
 KEY = "fault-admin-key"
-SLOTS = 4
+SLOTS = 4  # --max-num-seqs: vLLM's scheduler runs at most 4 requests at once
+STEERING_SLOTS = 2  # --steering-slots: at most 2 configurations resident; steered requests beyond wait
 BATCH_ATOL = 1e-5  # batch composition changes float32 rounding on CPU; tokens must match exactly
 IDLE_TIMEOUT_S = 15.0
 
 
 @pytest.fixture(scope="module")
 def fault_server(tiny_llama_dir, log_dir) -> Server:
-    args = ["--admin-key", KEY, "--max-num-seqs", str(SLOTS), "--num-gpu-blocks-override", str(soak.KV_BLOCKS)]
+    args = ["--admin-key", KEY, "--max-num-seqs", str(SLOTS), "--steering-slots", str(STEERING_SLOTS),
+            "--num-gpu-blocks-override", str(soak.KV_BLOCKS)]
     server = Server(tiny_llama_dir, log_dir, eager=True, extra_args=args)
     try:
         yield server.wait_ready()
@@ -71,8 +73,9 @@ def test_engine_route_is_admin_only_and_reports_capacity(fault_server) -> None:
     stats = _stats(fault_server)
     assert [w.rank for w in stats.workers] == [0]
     worker = stats.workers[0]
-    assert worker.slot_capacity == SLOTS
-    assert worker.table_bytes >= 4 * 2 * (SLOTS + 1) * 128 * 4  # at least the float32 add table [L, R, D]
+    assert worker.slot_capacity == STEERING_SLOTS
+    assert worker.pool_bytes == (worker.vector_capacity + 1) * 128 * 4  # the float32 vector pool [P, D]
+    assert worker.vector_capacity >= 4 * 10 and worker.table_bytes > worker.pool_bytes  # >= one worst configuration
 
 
 def test_client_disconnect_mid_stream_frees_its_slot(fault_server) -> None:
@@ -106,8 +109,9 @@ async def _concurrently(url: str, model: str, jobs: list[tuple[list[int], dict]]
 
 
 def test_more_distinct_interventions_than_slots_queue_and_stay_exact(fault_server) -> None:
-    """16 concurrent requests with 16 distinct vectors on 4 slots: all succeed (agreedy asserts 200)
-    and each equals its solo run, so the excess waited for a slot instead of borrowing one."""
+    """16 concurrent requests with 16 distinct vectors, 4 sequences but 2 steering slots: all succeed
+    (agreedy asserts 200) and each equals its solo run, so the scheduler's steering admission held the
+    excess back (without it the worker could not place a third configuration) instead of borrowing."""
     jobs = [([1] + [600 + 13 * i + k for k in range(10)], _steering(100 + i)) for i in range(16)]
     solos = [greedy(fault_server.client, fault_server.model, prompt, 8, steering) for prompt, steering in jobs]
     unsteered = [greedy(fault_server.client, fault_server.model, prompt, 8) for prompt, _ in jobs[:4]]

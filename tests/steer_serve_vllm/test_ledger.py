@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from steer_serve_vllm.api.endpoint_guard import guard_endpoint_plugin_loading
+from steer_serve_vllm.engine.admission import apply_admission_patches
 from steer_serve_vllm.engine.compile_cache_key import salt_compile_cache_key
 from steer_serve_vllm.engine.worker_patches import apply_worker_patches
 from steer_serve_vllm.ledger import LEDGER, LedgerRecord, Target, markdown_table
@@ -72,10 +73,11 @@ def test_wrappers_are_installed_once() -> None:
     """Every class- or module-level wrap (AsyncLLM.shutdown is wrapped per instance: tests/e2e/test_faults.py)."""
     for _ in range(2):  # idempotent: vLLM loads general plugins more than once
         apply_worker_patches()
+        apply_admission_patches()
         guard_endpoint_plugin_loading()
         salt_compile_cache_key()
     wraps = [r for r in LEDGER if r.how == "wrap" and r.target.path != "AsyncLLM.shutdown"]
-    assert len(wraps) == 7
+    assert len(wraps) == 9
     for record in wraps:
         owner, name = _owner_and_name(record.target)
         wrapper = vars(owner)[name] if inspect.isclass(owner) else getattr(owner, name)

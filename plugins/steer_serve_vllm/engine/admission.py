@@ -104,6 +104,8 @@ def apply_admission_patches() -> None:
         admitted, budget, layers = step
         return fits(admitted, need_of(request, layers), budget)
 
+    schedule_with_admission.steer_serve_wrapper = True  # type: ignore[attr-defined]
+    handle_blocked_with_admission.steer_serve_wrapper = True  # type: ignore[attr-defined]
     Scheduler.schedule = schedule_with_admission
     Scheduler._handle_blocked_waiting_request = handle_blocked_with_admission
     Scheduler._steer_serve_patched = True
