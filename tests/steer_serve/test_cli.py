@@ -42,3 +42,14 @@ def test_several_api_servers_use_vllms_serve_path_and_the_store_url_is_passed_on
     assert two[2] == three[2] == "steer_serve_vllm.api.multi_api_entry" and two[-2:] == ["--api-server-count", "2"]
     args, _ = _serve_args("--experiments-db", "postgresql://u@h/d")
     assert serve_environment(args)["STEER_SERVE_EXPERIMENTS_DB"] == "postgresql://u@h/d"
+
+
+def test_steering_memory_flags_reach_the_engine_settings(monkeypatch) -> None:
+    from steer_serve.settings import Settings
+
+    args, passthrough = _serve_args("--steering-memory", "8", "--steering-slots", "16", "--max-num-seqs", "64")
+    env = serve_environment(args)
+    assert passthrough == ["--max-num-seqs", "64"]
+    for name in ("STEER_SERVE_STEERING_MEMORY", "STEER_SERVE_STEERING_SLOTS"):
+        monkeypatch.setenv(name, env[name])
+    assert (Settings().steering_memory, Settings().steering_slots) == (8.0, 16)

@@ -49,3 +49,14 @@ def test_the_plugin_itself_changes_the_key(monkeypatch, vllm_config) -> None:
     monkeypatch.setattr(VllmConfig, "compute_hash", salted.__wrapped__)  # vLLM's own method: plain vLLM
     assert _aot_key(vllm_config) != with_plugin
     assert len(salted(vllm_config)) == len(salted.__wrapped__(vllm_config))
+
+
+def test_the_steering_budget_changes_the_key(monkeypatch, vllm_config) -> None:
+    """The pool and slot counts are table shapes the compiled graph was traced with."""
+    monkeypatch.delenv("STEER_SERVE_MAX_DOSE", raising=False)
+    keys = set()
+    for memory, slots in (("32", "256"), ("8", "256"), ("32", "16")):
+        monkeypatch.setenv("STEER_SERVE_STEERING_MEMORY", memory)
+        monkeypatch.setenv("STEER_SERVE_STEERING_SLOTS", slots)
+        keys.add(_aot_key(vllm_config))
+    assert len(keys) == 3
