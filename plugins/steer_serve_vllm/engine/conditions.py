@@ -111,13 +111,10 @@ class ConditionState:
         weight = self.weight[:num_tokens] * here  # [T]
         self.total.index_add_(0, lanes, stream.float() * weight.unsqueeze(-1))
         self.count.index_add_(0, lanes, weight)
-        mean = self.total.index_select(0, lanes) / self.count.index_select(0, lanes).clamp_min(1.0).unsqueeze(-1)  # [T, D]
-        met = (self.sign.index_select(0, lanes) * (cast_similarity(mean, self.direction.index_select(0, lanes))
-                                                   - self.threshold.index_select(0, lanes)) > 0).float()  # [T]
-        deciding = self.decides[:num_tokens] * here  # [T]; at most one token per lane
-        decided_now = torch.zeros_like(self.gate).index_add_(0, lanes, deciding)  # [R]
-        met_now = torch.zeros_like(self.gate).index_add_(0, lanes, deciding * met)  # [R]
-        self.gate.copy_(torch.where(decided_now > 0, met_now, self.gate))
+        decided_now = torch.zeros_like(self.gate).index_add_(0, lanes, self.decides[:num_tokens] * here)  # [R]
+        mean = self.total / self.count.clamp_min(1.0).unsqueeze(-1)  # [R, D]; per lane, whatever T is
+        met = (self.sign * (cast_similarity(mean, self.direction) - self.threshold) > 0).float()  # [R]
+        self.gate.copy_(torch.where(decided_now > 0, met, self.gate))
         self.decided.copy_(torch.maximum(self.decided, decided_now.clamp(max=1.0)))
 
     def applies(self, layer: int, num_tokens: int) -> torch.Tensor:
@@ -128,7 +125,7 @@ class ConditionState:
 
 
 def cast_similarity(hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-    """cos(h, tanh(P h)) with P = u u^T (u unit) per row: hidden, unit [T, D] -> [T]; 0 where h = 0."""
+    """cos(h, tanh(P h)) with P = u u^T (u unit) per row: hidden, unit [N, D] -> [N]; 0 where h = 0."""
     projected = torch.tanh((hidden * unit).sum(-1, keepdim=True) * unit)  # [T, D]
     norms = hidden.norm(dim=-1) * projected.norm(dim=-1)  # [T]
     return (hidden * projected).sum(-1) / norms.clamp_min(1e-30)
