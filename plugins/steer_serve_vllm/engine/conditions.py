@@ -16,16 +16,23 @@ All tensor ops on persistent buffers, no host sync: the same code runs eager and
 Tokens processed before the decision (earlier prefill chunks, layers before the condition layer
 in the deciding step) see gate 0, as in IBM's LeashLayer, whose condition is unknown until the
 condition layer has run.
+Capacity: the runner keeps preempted requests until they finish, so live conditional requests may
+exceed max_num_seqs; the owner sizes the lanes at twice that. Should they still run out, the request
+fails closed (none of its residual edits apply; logged), rather than raising in the worker.
 Legend: T tokens in the step, D hidden size, R = lanes + 1 (row 0: no lane), L decoder layers.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
 
 from steer_serve.request.resolved_steering import Condition
 from steer_serve_vllm.engine.lanes import LaneTable
+
+logger = logging.getLogger(f"vllm.{__name__}")
 
 
 class ConditionState:
@@ -44,15 +51,22 @@ class ConditionState:
         self.gate = torch.zeros(rows, **f32)  # [R] 0/1
         self.weight = torch.zeros(max_tokens, **f32)  # [T_max] 1: a prompt token the condition reads
         self.decides = torch.zeros(max_tokens, **f32)  # [T_max] 1: the prompt's last token
+        self.closed = torch.zeros(max_tokens, **f32)  # [T_max] 1: a token of a request that got no lane
         pin = device.type == "cuda"
-        self._staging = [torch.zeros(2, max_tokens, dtype=torch.float32, pin_memory=pin) for _ in range(2)]
+        self._staging = [torch.zeros(3, max_tokens, dtype=torch.float32, pin_memory=pin) for _ in range(2)]
+        self._closed: set[str] = set()
         self._step = 0
         self._written = 0
         self._compare_last: dict[str, bool] = {}
 
     # ---- request lifecycle (host, between steps) ----------------------------------------
     def add_request(self, req_id: str, condition: Condition) -> None:
-        lane = self.lanes.acquire(req_id)
+        try:
+            lane = self.lanes.acquire(req_id)
+        except RuntimeError:
+            logger.error("steer-serve: no free lane for conditional request %s; its residual edits are off", req_id)
+            self._closed.add(req_id)
+            return
         self.direction[lane] = torch.from_numpy(condition.direction.astype(np.float32))
         self.threshold[lane] = condition.threshold
         self.sign[lane] = 1.0 if condition.above else -1.0
@@ -64,6 +78,7 @@ class ConditionState:
         self._compare_last[req_id] = condition.compare == "last"
 
     def remove_request(self, req_id: str) -> None:
+        self._closed.discard(req_id)
         lane = self.lanes.release(req_id)
         if lane is not None:
             self.layer[lane] = -1
@@ -74,7 +89,8 @@ class ConditionState:
                      num_prompt: np.ndarray) -> None:
         """Which of the step's tokens the condition reads (prompt tokens, or only the last one) and
         which token decides (the prompt's last), in forward token order."""
-        if not self.lanes.prepare_step(req_ids, num_scheduled, num_computed):
+        closed = [r in self._closed for r in req_ids]
+        if not self.lanes.prepare_step(req_ids, num_scheduled, num_computed) and not any(closed):
             self._write(None, 0)
             return
         n = len(req_ids)
@@ -87,7 +103,7 @@ class ConditionState:
         last_only = np.array([self._compare_last.get(r, False) for r in req_ids])[req_index]  # [T]
         decides = conditional & (position == prompt_len - 1)
         reads = conditional & (position < prompt_len) & (~last_only | decides)
-        self._write(np.stack([reads, decides]).astype(np.float32), req_index.shape[0])
+        self._write(np.stack([reads, decides, np.array(closed)[req_index]]).astype(np.float32), req_index.shape[0])
 
     def _write(self, values: np.ndarray | None, num_tokens: int) -> None:
         span = max(num_tokens, self._written)
@@ -100,6 +116,7 @@ class ConditionState:
         cpu[:, num_tokens:span] = 0
         self.weight[:span].copy_(cpu[0, :span], non_blocking=True)
         self.decides[:span].copy_(cpu[1, :span], non_blocking=True)
+        self.closed[:span].copy_(cpu[2, :span], non_blocking=True)
         self._written = num_tokens
 
     # ---- in the forward pass ---------------------------------------------------------------
@@ -121,7 +138,8 @@ class ConditionState:
         """[T, 1] bool: whether each token's edit on this layer is kept (ungated, or its condition held)."""
         lanes = self.lanes.lanes(num_tokens)  # [T]
         gated = self.gated[:, layer].index_select(0, lanes)  # [T]
-        return (~gated | (self.gate.index_select(0, lanes) > 0)).unsqueeze(-1)
+        kept = ~gated | (self.gate.index_select(0, lanes) > 0)  # [T]
+        return (kept & (self.closed[:num_tokens] == 0)).unsqueeze(-1)
 
 
 def cast_similarity(hidden: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,8 @@ class SteeringRuntime:
         self.slots = SlotAllocator(max_reqs)
         self.tables = SteeringTables(shape, max_reqs, device, dtype)
         self.token_rows = torch.zeros(max_tokens, dtype=torch.long, device=device)  # [T_max]
-        self.conditions = ConditionState(shape.hidden_size, shape.num_layers, max_reqs, max_tokens, device)  # CAST
+        # CAST; twice max_reqs lanes: the runner keeps preempted requests until they finish
+        self.conditions = ConditionState(shape.hidden_size, shape.num_layers, 2 * max_reqs, max_tokens, device)
         pin = device.type == "cuda"
         # Two pinned staging buffers, used alternately: with async scheduling the host prepares
         # step n+1 while step n's host-to-device copy may still be queued.

@@ -90,3 +90,18 @@ def test_decision_is_held_and_gates_only_the_requests_gated_layers() -> None:
     state.add_request("next", _condition(v, 1.0))  # reuses the lane: fresh state
     lane = state.lanes.lane_of("next")
     assert state.decided[lane] == 0 and state.gate[lane] == 0 and state.count[lane] == 0
+
+
+def test_without_a_free_lane_a_request_fails_closed() -> None:
+    """No exception in the worker: the request's residual edits are off (its tokens only)."""
+    v = np.ones(D)
+    state = ConditionState(D, LAYERS, capacity=1, max_tokens=64, device=torch.device("cpu"))
+    state.add_request("first", _condition(v, -1.0))
+    state.add_request("second", _condition(v, -1.0))
+    state.prepare_step(["first", "second", "plain"], np.array([2, 2, 1]), np.array([0, 0, 4]), np.array([2, 2, 3]))
+    state.observe(COND_LAYER, torch.ones(5, D))
+    assert state.applies(3, 5)[:, 0].tolist() == [True, True, False, False, True]
+    assert state.applies(0, 5)[:, 0].tolist() == [True, True, False, False, True]
+    state.remove_request("second")
+    state.prepare_step(["plain"], np.array([3]), np.array([5]), np.array([3]))
+    assert state.applies(3, 3)[:, 0].tolist() == [True, True, True]
