@@ -102,6 +102,27 @@ Edit = Union[Addition, Projection, HeadScale, RouterEdit, FeatureClamp]
 
 
 @dataclass(frozen=True)
+class Condition:
+    """CAST's condition as IBM's LeashLayer computes it, on the output of decoder `layer` (before
+    that layer's edits): on the prompt forward, h = mean (or last) of the prompt's hidden states,
+    P = v v^T / v.v, sim = cos(h, tanh(P h)), met = sim > threshold (above) or < threshold;
+    decided once and held. Gated edits apply only once it is met (so, on the prompt forward, only
+    at layers from the condition layer on, as in IBM's first call)."""
+
+    layer: int
+    vector: torch.Tensor  # [D]
+    threshold: float
+    above: bool = True
+    compare: str = "mean"
+
+    def similarity(self, hidden: torch.Tensor) -> float:
+        h = hidden.mean(dim=0) if self.compare == "mean" else hidden[-1]  # hidden [S, D]
+        v = self.vector.double()
+        projected = torch.tanh((torch.outer(v, v) / torch.dot(v, v)) @ h.double())
+        return float(torch.dot(h.double(), projected) / (h.double().norm() * projected.norm()))
+
+
+@dataclass(frozen=True)
 class Generation:
     tokens: list[int]
     logprobs: list[float]
@@ -114,19 +135,36 @@ class HFReference:
         self.layers_path, self.attention_out, self.router = SITES.get(self.kind, DEFAULT_SITES)
 
     @torch.no_grad()
-    def greedy(self, prompt: list[int], max_tokens: int, edits: list[Edit] = ()) -> Generation:
+    def greedy(self, prompt: list[int], max_tokens: int, edits: list[Edit] = (), condition: Condition | None = None,
+               gated: list[Edit] = ()) -> Generation:
+        """Greedy generation with `edits`, and `gated` edits that apply only when `condition` is met
+        (`self.condition_met` tells the decision afterwards)."""
         phase = {"now": "prompt"}
+        self.condition_met: bool | None = None
+        handles = [] if condition is None else [self._install_condition(condition, phase)]
+        gate = lambda: self.condition_met is True  # noqa: E731
         last = (Projection, FeatureClamp)  # projections act on the stream after every addition
-        ordered = [e for e in edits if not isinstance(e, last)] + [e for e in edits if isinstance(e, last)]
-        handles = [handle for edit in ordered for handle in self._install(edit, phase)]
+        tagged = [(e, None) for e in edits] + [(e, gate) for e in gated]
+        ordered = [t for t in tagged if not isinstance(t[0], last)] + [t for t in tagged if isinstance(t[0], last)]
+        handles += [handle for edit, when in ordered for handle in self._install(edit, phase, when)]
         try:
             return self._decode(prompt, max_tokens, phase)
         finally:
             for handle in handles:
                 handle.remove()
 
-    def _install(self, edit: Edit, phase: dict[str, str]) -> list[Any]:
-        active = lambda: edit.positions in ("all", phase["now"])  # noqa: E731
+    def _install_condition(self, condition: Condition, phase: dict[str, str]) -> Any:
+        def decide(module, args, output):
+            if phase["now"] == "prompt":
+                stream = output[0] if isinstance(output, tuple) else output  # [1, S, D]
+                sim = self.condition_similarity = condition.similarity(stream[0])
+                self.condition_met = sim > condition.threshold if condition.above else sim < condition.threshold
+            return output
+
+        return _get(self.model, self.layers_path)[condition.layer].register_forward_hook(decide)
+
+    def _install(self, edit: Edit, phase: dict[str, str], gate: Callable[[], bool] | None = None) -> list[Any]:
+        active = lambda: edit.positions in ("all", phase["now"]) and (gate is None or gate())  # noqa: E731
         layer = _get(self.model, self.layers_path)[edit.layer]
         if isinstance(edit, Addition):
             return [layer.register_forward_hook(_on_output(active, lambda h: _dosed(h, edit)))]

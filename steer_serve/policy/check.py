@@ -52,13 +52,22 @@ def _check_one(name: str, rule: Rule, intervention: Any, where: str, vector_hash
     if rule.kinds is not None and intervention.type not in rule.kinds:
         return Refusal(f"{name}.kinds", f"intervention type {intervention.type!r} is not allowed for this caller "
                        f"(allowed: {', '.join(rule.kinds) or 'none'})", f"{where}.type")
-    vector = getattr(intervention, "vector", None)
+    when = getattr(intervention, "when", None)  # a CAST condition's vector obeys the same rules
+    for vector, field in ((getattr(intervention, "vector", None), f"{where}.vector"),
+                          (when.vector if when is not None else None, f"{where}.when.vector")):
+        refusal = _check_vector(name, rule, vector, field, vector_hash)
+        if refusal is not None:
+            return refusal
+    return _check_magnitudes(name, rule, intervention, where)
+
+
+def _check_vector(name: str, rule: Rule, vector: Any, field: str, vector_hash: VectorHash) -> Refusal | None:
     if isinstance(vector, list) and not rule.inline_vectors:
         return Refusal(f"{name}.inline_vectors", "inline vectors are not allowed for this caller; name a library "
-                       "vector", f"{where}.vector")
+                       "vector", field)
     if isinstance(vector, str) and not name_allowed(rule.vectors, vector, vector_hash(vector)):
-        return Refusal(f"{name}.vectors", f"vector {vector!r} is not allowed for this caller", f"{where}.vector")
-    return _check_magnitudes(name, rule, intervention, where)
+        return Refusal(f"{name}.vectors", f"vector {vector!r} is not allowed for this caller", field)
+    return None
 
 
 def _check_magnitudes(name: str, rule: Rule, intervention: Any, where: str) -> Refusal | None:

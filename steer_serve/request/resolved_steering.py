@@ -86,6 +86,20 @@ class ExpertRouting:
 
 
 @dataclass(frozen=True)
+class Condition:
+    """CAST's condition (steer_serve/request/conditions.py): the request's edits on `gated_layers`
+    apply only when the prompt meets it. Read at the output of decoder `layer`, before that
+    layer's own edits; `direction` is unit norm ([D])."""
+
+    layer: int
+    direction: np.ndarray
+    threshold: float
+    above: bool
+    compare: str  # "mean" (over the prompt's tokens) or "last" (the prompt's last token)
+    gated_layers: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class ResolvedSteering:
     additions: tuple[LayerAddition, ...] = ()
     projections: tuple[LayerProjection, ...] = ()
@@ -93,6 +107,7 @@ class ResolvedSteering:
     expert_routing: tuple[ExpertRouting, ...] = ()
     # |sum of additions| <= max_dose * |layer output| per token, applied by the engine (a caller's policy)
     max_dose: float | None = None
+    condition: Condition | None = None  # CAST: edits on condition.gated_layers apply only when it holds
 
     @property
     def kinds(self) -> frozenset[str]:
@@ -100,7 +115,8 @@ class ResolvedSteering:
         present = {"add": self.additions, "projection": self.projections, "heads": self.head_scales,
                    "routing": self.expert_routing}
         kinds = {kind for kind, edits in present.items() if edits}
-        return frozenset(kinds | {"dose"} if self.max_dose is not None and self.additions else kinds)
+        kinds |= {"dose"} if self.max_dose is not None and self.additions else set()
+        return frozenset(kinds | {"condition"} if self.condition is not None else kinds)
 
     @property
     def phase_dependent(self) -> bool:
@@ -128,6 +144,9 @@ class ResolvedSteering:
             digest.update(f"|experts|{route.layer}|{route.positions}|{route.disabled}|{route.forced}".encode())
         if self.max_dose is not None:  # only then: fingerprints without a dose limit stay as they were
             digest.update(f"|dose|{self.max_dose!r}".encode())
+        if self.condition is not None:  # only then, as for the dose
+            c = self.condition
+            _update(digest, f"|when|{c.layer}|{c.threshold!r}|{c.above}|{c.compare}|{c.gated_layers}|", c.direction)
         return digest.hexdigest()[:32]
 
 

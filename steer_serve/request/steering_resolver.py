@@ -8,15 +8,18 @@ the engine for everyone).
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from steer_serve.model_shape import ModelShape
+from steer_serve.request.conditions import ConditionCollector
 from steer_serve.request.errors import SteeringError
 from steer_serve.request.resolved_steering import (
     MAX_PROJECTIONS_PER_LAYER,
     PHASES,
+    Condition,
     LayerProjection,
     ResolvedSteering,
     SteeringBuilder,
@@ -30,6 +33,7 @@ from steer_serve.request.steering_spec import (
     FeatureIntervention,
     HeadsIntervention,
     SteeringSpec,
+    WhenCondition,
 )
 
 if TYPE_CHECKING:
@@ -65,8 +69,13 @@ class SteeringResolver:
                 "steering.interventions",
             )
         builder = SteeringBuilder()
+        conditions = ConditionCollector()
+        conditional = any(getattr(intervention, "when", None) is not None for intervention, _ in expanded)
         with np.errstate(over="ignore"):  # overflow to inf is refused below (_check_float32), not warned about
             for intervention, where in expanded:
+                if conditional and hasattr(intervention, "when"):  # residual edits: gated or not, per layer
+                    conditions.add(self._condition(intervention.when, f"{where}.when"),
+                                   self._edit_layers(intervention, where), where)
                 if isinstance(intervention, AddIntervention):
                     self._add(intervention, where, builder)
                 elif isinstance(intervention, (AblateIntervention, ClampIntervention)):
@@ -80,7 +89,7 @@ class SteeringResolver:
         self._check_projection_counts(builder)
         self._check_routing(builder)
         _check_float32(builder)
-        return builder.build()
+        return replace(builder.build(), condition=conditions.build())
 
     # ---- presets -----------------------------------------------------------------------
     def _expand(self, spec: SteeringSpec) -> list[tuple[Any, str]]:
@@ -255,8 +264,31 @@ class SteeringResolver:
                 scales[head] = factor
             builder.scale_heads(layer, edit.positions, scales)
 
+    # ---- conditions (CAST) --------------------------------------------------------------
+    def _condition(self, when: WhenCondition | None, where: str) -> Condition | None:
+        if when is None:
+            return None
+        layer = self._check_layer(when.layer, f"{where}.layer")
+        self._check_engine_applies("residual", layer, "when", f"{where}.layer")
+        directions = self._directions(when, where)
+        if layer not in directions:
+            raise SteeringError(f"vector {when.vector!r} has no direction for layer {layer} (it has layers "
+                                f"{sorted(directions)})", f"{where}.vector")
+        norm = float(np.linalg.norm(directions[layer].astype(np.float64)))
+        if norm == 0.0:
+            raise SteeringError(f"the condition direction for layer {layer} has zero norm", f"{where}.vector")
+        unit = (directions[layer].astype(np.float64) / norm).astype(np.float32)
+        return Condition(layer, unit, float(when.threshold), when.above, when.compare, ())
+
+    def _edit_layers(self, edit: Any, where: str) -> list[int]:
+        """The layers whose residual stream this intervention edits."""
+        if isinstance(edit, FeatureIntervention):
+            return [self._sae(edit.sae, f"{where}.sae").layer]
+        return self._layers(edit, sorted(self._directions(edit, where)), where)
+
     # ---- shared ------------------------------------------------------------------------
-    def _directions(self, edit: AddIntervention | AblateIntervention | ClampIntervention, where: str) -> dict[int, np.ndarray]:
+    def _directions(self, edit: AddIntervention | AblateIntervention | ClampIntervention | WhenCondition,
+                    where: str) -> dict[int, np.ndarray]:
         """Per-layer directions this intervention may use, before layer selection."""
         if isinstance(edit.vector, str):
             try:

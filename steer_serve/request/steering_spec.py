@@ -10,7 +10,8 @@ import math
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator,
+                      model_validator)
 
 from steer_serve.request.resolved_steering import Positions
 
@@ -58,12 +59,55 @@ class _Intervention(BaseModel):
     positions: Positions = Field("all", description="which tokens are edited: all, prompt or generated")
 
 
-class _VectorIntervention(_Intervention):
+def _finite_values(value: str | list[float]) -> str | list[float]:
+    if isinstance(value, list):
+        bad = next((i for i, x in enumerate(value) if not _is_finite(x)), None)
+        if bad is not None:
+            shown = "an integer too large for a float" if isinstance(value[bad], int) else value[bad]
+            raise ValueError(f"vector[{bad}] is {shown}; values must be finite")
+    return value
+
+
+VectorRef = Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_LENGTH)] | Annotated[
+    list[Number], Field(min_length=1, max_length=MAX_INLINE_VALUES)
+]
+
+
+class WhenCondition(BaseModel):
+    """CAST's condition (IBM activation-steering): the edit applies only to requests whose prompt
+    representation at `layer` (mean over the prompt's tokens, or its last token) has a cosine
+    similarity with tanh of its projection on `vector` above (or below) `threshold`; decided once,
+    when the prompt's last token passes `layer`, and held for the whole generation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vector: VectorRef = Field(description="condition direction: a vector library name, or inline hidden_size floats")
+    layer: StrictInt = Field(description="decoder layer whose output (the residual stream after it) is read")
+    threshold: Number = Field(description="compared with cos(h, tanh(P h)), P the projection on `vector`")
+    above: StrictBool = Field(True, description="true: the condition holds when the similarity > threshold")
+    compare: Literal["mean", "last"] = Field("mean", description="the prompt's mean hidden state, or its last token's")
+
+    @field_validator("vector")
+    @classmethod
+    def _finite_vector(cls, value: str | list[float]) -> str | list[float]:
+        return _finite_values(value)
+
+    @field_validator("threshold")
+    @classmethod
+    def _finite_threshold(cls, value: float) -> float:
+        return _require_finite(value, "threshold")
+
+
+class _ResidualIntervention(_Intervention):
+    """Shared by interventions on the residual stream: they may be conditional (CAST's `when`)."""
+
+    when: WhenCondition | None = Field(None, description="apply only to requests whose prompt meets this condition")
+
+
+class _VectorIntervention(_ResidualIntervention):
     """Shared by interventions that act along a vector in the residual stream."""
 
-    vector: Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME_LENGTH)] | Annotated[
-        list[Number], Field(min_length=1, max_length=MAX_INLINE_VALUES)
-    ] = Field(description="a vector library name, or an inline list of hidden_size floats")
+    vector: VectorRef = Field(description="a vector library name, or an inline list of hidden_size floats")
     layers: Annotated[list[StrictInt], Field(min_length=1, max_length=MAX_LAYERS_PER_INTERVENTION)] | None = Field(
         None, description="decoder layers whose output is edited; default: every layer of the named vector"
     )
@@ -71,12 +115,7 @@ class _VectorIntervention(_Intervention):
     @field_validator("vector")
     @classmethod
     def _finite_vector(cls, value: str | list[float]) -> str | list[float]:
-        if isinstance(value, list):
-            bad = next((i for i, x in enumerate(value) if not _is_finite(x)), None)
-            if bad is not None:
-                shown = "an integer too large for a float" if isinstance(value[bad], int) else value[bad]
-                raise ValueError(f"vector[{bad}] is {shown}; values must be finite")
-        return value
+        return _finite_values(value)
 
     @field_validator("layers")
     @classmethod
@@ -170,7 +209,7 @@ class HeadsIntervention(_Intervention):
         return self
 
 
-class FeatureIntervention(_Intervention):
+class FeatureIntervention(_ResidualIntervention):
     """A sparse-autoencoder feature of the library's SAE `sae`, at the SAE's layer: add
     `strength * W_dec[feature]` (`normalize`: a unit-norm decoder row), or `clamp` the feature's
     activation to a value: `h + (clamp - f(h)) * W_dec[feature]`, f being the SAE's own encoder."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from steer_serve.request.resolved_steering import ExpertRouting, HeadScales, LayerAddition, LayerProjection, ResolvedSteering
+from steer_serve.request.resolved_steering import Condition, ExpertRouting, HeadScales, LayerAddition, LayerProjection, ResolvedSteering
 
 EXTRA_ARGS_KEY = "steer_serve"
 _VERSION = 2  # 2: additions under `add` (each with its `vector`), formerly `ops` (each with `add`)
@@ -42,6 +42,10 @@ def encode(steering: ResolvedSteering) -> str:
         ],
         "dose": steering.max_dose,
     }
+    if steering.condition is not None:
+        c = steering.condition
+        payload["when"] = {"layer": c.layer, "dir": _pack(c.direction), "threshold": c.threshold, "above": c.above,
+                           "compare": c.compare, "gated": list(c.gated_layers)}
     return json.dumps(payload)
 
 
@@ -59,6 +63,7 @@ def decode(payload: str) -> tuple[str, ResolvedSteering]:
             for r in data.get("experts", [])
         ),
         max_dose=None if data.get("dose") is None else float(data["dose"]),
+        condition=_read_condition(data["when"]) if "when" in data else None,
     )
     return str(data["fingerprint"]), steering
 
@@ -76,3 +81,8 @@ def _read_projection(p: dict[str, Any]) -> LayerProjection:
         return base
     return replace(base, encoder=_unpack(p["enc"]), offset=float(p["offset"]), threshold=float(p["threshold"]),
                    rescale=bool(p["rescale"]))
+
+
+def _read_condition(c: dict[str, Any]) -> Condition:
+    return Condition(int(c["layer"]), _unpack(c["dir"]), float(c["threshold"]), bool(c["above"]), str(c["compare"]),
+                     tuple(int(layer) for layer in c["gated"]))

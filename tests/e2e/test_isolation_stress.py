@@ -107,3 +107,39 @@ def _check_job(server: Server, plain: Server | None, job: Job, output) -> None:
         assert_steering_visible(solo, greedy(server.client, server.model, job.prompt, job.max_tokens))
     elif plain is not None:
         assert_same_generation(output, greedy(plain.client, plain.model, job.prompt, job.max_tokens), atol=BATCH_ATOL)
+
+
+def test_conditional_steering_reads_the_whole_chunked_prompt(stress_server, tiny_reference) -> None:
+    """CAST `when` with prompts prefilled in 3 chunks: the condition's mean accumulates across the
+    chunks and is decided at the last prompt token, as the HF reference decides on the whole prompt
+    (gated edit on generated tokens, so the prompt's own KV does not depend on the chunking)."""
+    import numpy as np
+    import torch
+
+    from harness.cast_cases import gated_steering, reference_edit, threshold_between
+    from harness.hf_reference import Condition
+    from harness.steering_cases import random_vector
+
+    rng = np.random.default_rng(5)
+    prompts = [[1, *rng.integers(100, 20000, 150).tolist()], [1, *([4110, 2113, 9097, 30] * 36)]]
+    cond = random_vector(TINY_HIDDEN, 51)
+    edit = {"type": "add", "vector": random_vector(TINY_HIDDEN, 52).tolist(), "layers": [2], "scale": 4.0,
+            "positions": "generated"}
+    condition = Condition(1, torch.from_numpy(cond), 0.0)
+    threshold = threshold_between(tiny_reference, prompts, condition)
+    condition = Condition(1, torch.from_numpy(cond), threshold)
+    steering = gated_steering(cond, 1, threshold, [edit])
+
+    async def batch() -> list:
+        async with httpx.AsyncClient(base_url=stress_server.url, timeout=300) as client:
+            return await asyncio.gather(*(agreedy(client, stress_server.model, p, 6, steering) for p in prompts))
+
+    decisions = []
+    for prompt, served in zip(prompts, asyncio.run(batch())):
+        assert len(prompt) > 2 * TOKEN_BUDGET
+        expected = tiny_reference.greedy(prompt, 6, [], condition, [reference_edit(edit)])
+        decisions.append(tiny_reference.condition_met)
+        assert_same_generation(served, expected)
+        if decisions[-1]:
+            assert_steering_visible(expected, tiny_reference.greedy(prompt, 6))
+    assert sorted(decisions) == [False, True]

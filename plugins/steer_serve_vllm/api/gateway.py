@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass, field
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -90,6 +91,8 @@ class RequestGateway:
         extra = assignment.headers if assignment is not None else {}
         if steering is None:
             return Forward(headers=extra, assignment=assignment)
+        if steering.condition is not None and (refusal := _one_sequence_only(request)) is not None:
+            return refusal
         fingerprint = steering.fingerprint
         own_salt = _cache_salt(steering, request)
         xargs = dict(request.get("vllm_xargs") or {})
@@ -136,10 +139,24 @@ def _cache_salt(steering: ResolvedSteering, request: dict[str, Any]) -> str:
     with the same prompt, hence the same prompt/generated boundary. Known gap: the prompts of
     one request with a list of prompts share a salt.
     """
+    if steering.condition is not None:  # CAST reads every prompt token: never reuse cached KV
+        return f"steer:{steering.fingerprint}:once:{uuid.uuid4().hex}"
     if not steering.phase_dependent:
         return f"steer:{steering.fingerprint}"
     body = hashlib.sha256(json.dumps(request, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     return f"steer:{steering.fingerprint}:body:{body}"
+
+
+def _one_sequence_only(request: dict[str, Any]) -> Rejection | None:
+    """A conditional request reads every prompt token at its condition layer; several sequences of one
+    request (n > 1, a list of prompts) share its prefix-cache salt and would skip each other's cached
+    prompt tokens."""
+    if request.get("n", 1) != 1 or request.get("best_of") not in (None, 1):
+        return Rejection("conditional steering (`when`) takes one sequence per request (n = 1)", "n")
+    prompt = request.get("prompt")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) and len(prompt) > 1:
+        return Rejection("conditional steering (`when`) takes one prompt per request", "prompt")
+    return None
 
 
 def _extract_raw_spec(request: dict[str, Any], path: str) -> Any:

@@ -60,8 +60,14 @@ def _residual_hook(runtime: SteeringRuntime, layer: int, pair: bool, max_dose: f
 
     def edit(base: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
         """The edited x, where the stream is base + x (x alone when base is None); [T, D]."""
+        if needed("condition"):  # CAST: read the stream before this layer's edits, gate them after
+            runtime.conditions.observe(layer, x if base is None else base + x)
+            return torch.where(runtime.conditions.applies(layer, x.shape[0]), edits(base, x), x)
+        return edits(base, x)
+
+    def edits(base: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
         rows = runtime.rows(x.shape[0])  # [T]
-        stream = (lambda: x) if base is None else (lambda: base + x)
+        stream = (lambda: x) if base is None else (lambda: base + x)  # after the additions, once x is rebound
         if needed("add"):
             delta = tables.added(layer, rows)  # [T, D]
             if max_dose is not None:  # a server setting, fixed at trace time

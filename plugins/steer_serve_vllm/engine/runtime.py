@@ -19,6 +19,7 @@ from steer_serve.request import wire_format
 from steer_serve.engine_stats import WorkerSteeringStats
 from steer_serve.request.resolved_steering import ResolvedSteering
 from steer_serve.model_shape import ModelShape
+from steer_serve_vllm.engine.conditions import ConditionState
 from steer_serve_vllm.engine.slots import SlotAllocator
 from steer_serve_vllm.engine.tables import SteeringTables
 from steer_serve_vllm.engine.vector_pool import SteeringBudget, steering_budget
@@ -36,6 +37,8 @@ class SteeringRuntime:
         self.slots = SlotAllocator(budget.slots, budget.pool_rows)
         self.tables = SteeringTables(shape, budget.slots, device, dtype, budget.pool_rows)
         self.token_rows = torch.zeros(max_tokens, dtype=torch.long, device=device)  # [T_max]
+        # CAST; twice max_reqs lanes: the runner keeps preempted requests until they finish
+        self.conditions = ConditionState(shape.hidden_size, shape.num_layers, 2 * max_reqs, max_tokens, device)
         pin = device.type == "cuda"
         # Two pinned staging buffers, used alternately: with async scheduling the host prepares
         # step n+1 while step n's host-to-device copy may still be queued.
@@ -61,8 +64,11 @@ class SteeringRuntime:
         old = self._configs.get(fingerprint)
         self._configs[fingerprint] = (steering, (old[1] if old else 0) + 1)
         self._request_fingerprint[req_id] = fingerprint
+        if steering.condition is not None:
+            self.conditions.add_request(req_id, steering.condition)
 
     def remove_request(self, req_id: str) -> None:
+        self.conditions.remove_request(req_id)
         fingerprint = self._request_fingerprint.pop(req_id, None)
         if fingerprint is None:
             return
@@ -92,6 +98,7 @@ class SteeringRuntime:
         self, req_ids: list[str], num_scheduled: np.ndarray, num_computed: np.ndarray, num_prompt: np.ndarray
     ) -> None:
         """Fill token_rows for this step's tokens, in the forward's token order."""
+        self.conditions.prepare_step(req_ids, num_scheduled, num_computed, num_prompt)
         fingerprints = [self._request_fingerprint.get(req_id) for req_id in req_ids]
         self.kinds_in_step = frozenset().union(*(self._configs[fp][0].kinds for fp in set(fingerprints) if fp))
         if not self.kinds_in_step:

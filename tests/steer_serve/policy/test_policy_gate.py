@@ -250,3 +250,12 @@ def test_the_caller_is_the_key_vllm_checks(world) -> None:
     assert _gateway(world).policy.caller(headers).name == "bob"
     assert bearer_key({"authorization": "Bearer  bob-key"}) == " bob-key"  # vLLM would not accept it either
     assert bearer_key({"authorization": "Basic bob-key"}) is None and bearer_key({}) is None
+
+
+def test_a_condition_vector_obeys_the_vector_rules(world) -> None:
+    gateway = _gateway(world)
+    when = {"vector": "v", "layer": 1, "threshold": 0.1}
+    _allowed(_send(gateway, _add("v", layers=[1], when=when), ALICE))
+    refused = _refused(_send(gateway, _add("v", layers=[1], when=when | {"vector": "vbad"}), ALICE), "default.vectors")
+    assert refused.param == "steering.interventions[0].when.vector"
+    _refused(_send(gateway, _add("v", layers=[1], when=when | {"vector": INLINE}), ALICE), "default.inline_vectors")

@@ -73,3 +73,23 @@ def test_responses_api_is_steerable_other_paths_are_refused(tmp_path) -> None:
     assert isinstance(steered, Forward) and wire_format.EXTRA_ARGS_KEY in json.loads(steered.body)["vllm_xargs"]
     refused = _prepare(tmp_path, {"model": "m", "prompt": "Hi", "steering": SPEC}, path="/tokenize")
     assert isinstance(refused, Rejection) and "not supported on /tokenize" in refused.message
+
+
+COND_SPEC = {"interventions": [{"type": "add", "vector": "v", "layers": [2], "scale": 2.0,
+                                "when": {"vector": "v", "layer": 1, "threshold": 0.2}}]}
+
+
+def test_a_conditional_request_never_shares_cached_prompt_blocks(tmp_path) -> None:
+    """CAST reads every prompt token at the condition layer: a prefix-cache hit would skip some."""
+    body = {"model": "m", "prompt": [1, 5, 6], "steering": COND_SPEC}
+    salts = [json.loads(_prepare(tmp_path, body, "/v1/completions").body)["cache_salt"] for _ in range(2)]
+    assert salts[0] != salts[1] and all(s.startswith("steer:") for s in salts)
+
+
+def test_a_conditional_request_takes_one_sequence(tmp_path) -> None:
+    for fields, param in (({"n": 2}, "n"), ({"best_of": 3}, "n"), ({"prompt": [[1, 2], [3, 4]]}, "prompt"),
+                          ({"prompt": ["a", "b"]}, "prompt")):
+        decision = _prepare(tmp_path, {"model": "m", "prompt": "x", "steering": COND_SPEC} | fields, "/v1/completions")
+        assert isinstance(decision, Rejection) and decision.status == 400 and decision.param == param, fields
+    assert isinstance(_prepare(tmp_path, {"model": "m", "prompt": [[1, 2]], "steering": COND_SPEC}, "/v1/completions"),
+                      Forward)

@@ -1,0 +1,74 @@
+"""Conditional steering (CAST `when`) on the shared tiny servers, eager and compiled: two prompts on
+either side of the threshold, in one concurrent batch with an unsteered request, are steered or not
+exactly as the HF reference (IBM's formula, hooks) decides: tokens equal, logprobs within 1e-4.
+The request whose condition is not met equals the server's unsteered output."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import torch
+
+from harness.cast_cases import gated_steering, reference_edit, threshold_between
+from harness.completions import agreedy, assert_same_generation, assert_steering_visible
+from harness.hf_reference import Condition
+from harness.steering_cases import random_vector
+from harness.tiny_models import TINY_HIDDEN
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [[1, 504, 3458, 314, 260, 1345, 28, 357, 4110, 2113, 9097, 30], [1, 2010, 41, 8812, 6354, 17, 3301, 2206]]
+OTHER = [1, 9, 77, 1203, 5, 630]
+MAX_TOKENS = 8
+COND = random_vector(TINY_HIDDEN, 41)
+
+
+def _add(layer: int, seed: int, scale: float, **extra) -> dict:
+    return {"type": "add", "vector": random_vector(TINY_HIDDEN, seed).tolist(), "layers": [layer], "scale": scale, **extra}
+
+
+CASES = {
+    # mean over the prompt, met above; gated edits at the condition layer itself and after it
+    "mean-above": dict(layer=1, above=True, compare="mean", gated=[_add(1, 42, 3.0), _add(3, 43, 3.0)], plain=[]),
+    # last token, met below; an unconditional edit before the condition layer (which sees it), a gated
+    # addition before the condition layer (prompt untouched there, as in IBM) and a gated ablation after it
+    "last-below-mixed": dict(layer=2, above=False, compare="last", plain=[_add(0, 44, 2.0)],
+                             gated=[_add(1, 45, 3.0), {"type": "ablate", "vector": random_vector(TINY_HIDDEN, 46).tolist(),
+                                                       "layers": [3]}]),
+}
+
+
+async def _batch(server, steerings: list[dict]) -> list:
+    async with httpx.AsyncClient(base_url=server.url, timeout=300) as client:
+        return await asyncio.gather(*(agreedy(client, server.model, p, MAX_TOKENS, s)
+                                      for p, s in zip(PROMPTS, steerings)),
+                                    agreedy(client, server.model, OTHER, MAX_TOKENS))
+
+
+@pytest.mark.parametrize("server_kind", ["eager", "compiled"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_prompts_either_side_of_the_threshold(request, tiny_reference, server_kind, case) -> None:
+    server = request.getfixturevalue(f"tiny_{server_kind}_server")
+    c = CASES[case]
+    plain = [reference_edit(e) for e in c["plain"]]
+    gated = [reference_edit(e) for e in c["gated"]]
+    condition = Condition(c["layer"], torch.from_numpy(COND), 0.0, c["above"], c["compare"])
+    threshold = threshold_between(tiny_reference, PROMPTS, condition, plain)
+    condition = Condition(c["layer"], torch.from_numpy(COND), threshold, c["above"], c["compare"])
+    steering = gated_steering(COND, c["layer"], threshold, c["gated"], c["plain"], c["above"], c["compare"])
+
+    *served, other = asyncio.run(_batch(server, [steering, steering]))
+    decisions = []
+    for prompt, generation in zip(PROMPTS, served):
+        expected = tiny_reference.greedy(prompt, MAX_TOKENS, plain, condition, gated)
+        decisions.append(tiny_reference.condition_met)
+        assert_same_generation(generation, expected)
+        if tiny_reference.condition_met:
+            assert_steering_visible(expected, tiny_reference.greedy(prompt, MAX_TOKENS, plain))
+    assert sorted(decisions) == [False, True]
+    assert_same_generation(other, tiny_reference.greedy(OTHER, MAX_TOKENS))
+    if not plain:  # not met and nothing unconditional: the server's own unsteered output
+        unmet = decisions.index(False)
+        assert_same_generation(served[unmet], asyncio.run(_batch(server, [None, None]))[unmet])
