@@ -29,6 +29,8 @@ class WorkerSteeringStats(BaseModel):
     vector_capacity: NonNegativeInt = 0  # rows of the shared vector pool configurations can use (--steering-memory)
     vectors_in_use: NonNegativeInt = 0  # pool rows held by resident configurations
     pool_bytes: NonNegativeInt = 0  # memory of the vector pool (part of table_bytes)
+    observed_requests: NonNegativeInt = 0  # live requests holding an observation lane
+    held_observations: NonNegativeInt = 0  # finished observations not yet fetched by the API
 
 
 class EngineSteeringStats(BaseModel):
