@@ -68,7 +68,7 @@ class InProcessEngine:
         if attention_backend is not None:
             options["attention_backend"] = attention_backend
         self.model = str(model)
-        with _environment(ENGINE_ENV):  # not inherited by servers the session starts later
+        with _environment(ENGINE_ENV):
             self.llm = LLM(**options)
         answers = self.llm.collective_rpc(CAPABILITIES_METHOD)
         workers = [WorkerCapabilities.model_validate(a) for a in answers if a is not None]
@@ -122,16 +122,15 @@ class InProcessEngine:
 
 @contextlib.contextmanager
 def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
+    """`values` set while the engine starts; the whole environment as it was afterwards (vLLM's CPU
+    platform also sets LD_PRELOAD, LOCAL_WORLD_SIZE, ... for its workers: not for later servers)."""
+    saved = dict(os.environ)
     os.environ.update(values)
     try:
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _generation(output: Any) -> Generation:
