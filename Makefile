@@ -15,7 +15,8 @@ serve: setup
 test: setup
 	.venv/bin/python -m pytest tests -q -n 2 -m "not architectures" $(ARGS)
 
-# The whole architecture x intervention matrix (17 architectures, 23 servers, ~50 min on 2 cores).
+# The architecture x intervention matrix over HTTP, one real server per cell, TP=2 included (23 servers,
+# ~50 min on 2 cores); `make test` runs the same matrix on vLLM's in-process engine.
 test-architectures: setup
 	.venv/bin/python -m pytest tests/e2e/test_interventions.py -q -m architectures $(ARGS)
 

@@ -62,7 +62,9 @@ CONFIGS: dict[str, PretrainedConfig] = {
         **_COMMON, **_MOE, num_experts=4, moe_intermediate_size=128, shared_expert_intermediate_size=128,
         decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=False,
     ),
-    "olmoe": OlmoeConfig(**_COMMON, **_MOE, num_experts=4, norm_topk_prob=False),
+    # OlmoeConfig's pad_token_id defaults to 1, our BOS: HF then zeroes BOS's embedding, and a BOS stream of
+    # exact zeros turns an add+ablate of one vector into rounding noise that RMSNorm scales up to O(1)
+    "olmoe": OlmoeConfig(**_COMMON, **_MOE, num_experts=4, norm_topk_prob=False, pad_token_id=0),
     "mistral": MistralConfig(**_COMMON, sliding_window=None),
     "qwen3": Qwen3Config(**_COMMON),
     # vLLM's Gemma2ForCausalLM has no lm_head: the embeddings are always tied

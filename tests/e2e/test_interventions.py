@@ -2,21 +2,27 @@
 
 Dense: Llama, Mistral, Qwen2, Qwen3, Gemma-2, Gemma-3 (text), Phi-3, OLMo-2, GPT-NeoX, GPT-2.
 MoE: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2, DeepSeek-V3, gpt-oss (tiny random
-configs, head_dim 64, float32). One server per (architecture, mode); all of its cases go out as
-one concurrent batch together with an unsteered request, which must stay equal to the unedited
-HF model. The same server then answers the no-silent-no-op property: every edit the API accepts
-changes the logprobs, every edit the engine cannot apply is a 400 naming the layer.
+configs, head_dim 64, float32). One engine per (architecture, mode); all of its cases go out as
+one batch together with two unsteered requests, which must stay equal to the unedited HF model.
+The same engine then answers the no-silent-no-op property: every edit the API accepts changes
+the logprobs, every edit the engine cannot apply is a 400 naming the layer.
+
+The engine is vLLM's own, in this process, behind the API's own gateway (`test_architecture`;
+harness/in_process_engine.py), or a real server over HTTP (`test_architecture_over_http`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+from typing import Callable
 
 import httpx
 import pytest
 
 from harness.completions import assert_steering_visible, completion_body, parse_generation
 from harness.hf_reference import Generation
+from harness.in_process_engine import Refusal, Request
 from harness.intervention_cases import ablate, add, clamp, combine, experts, heads
 from harness.one_at_a_time import OneAtATime
 from harness.servers import Server
@@ -40,6 +46,9 @@ UNSTEERED_SLACK = 2.0
 MLA = ("deepseek_v2", "deepseek_v3")
 
 V1, V2, V3 = (random_vector(TINY_HIDDEN, seed) for seed in (21, 22, 23))
+Complete = Callable[[list[Request]], list[Generation | Refusal]]  # a batch of requests -> their outcomes
+Expected = dict[str, Generation]  # HF's generation per case name, UNSTEERED and UNSTEERED_OTHER included
+UNSTEERED, UNSTEERED_OTHER = "unsteered", "unsteered-other"
 
 
 def first_moe_layer(kind: str) -> int:
@@ -59,8 +68,10 @@ def dense_cases() -> dict[str, tuple[dict, list]]:
 
 def moe_cases(kind: str) -> dict[str, tuple[dict, list]]:
     first = first_moe_layer(kind)  # DeepSeek's layer 0 is dense
+    # DeepSeek-V3: the bias-favoured expert's group wins every token, so the other group's experts are idle
+    disabled = {first: [4, 6], 2: [7]} if kind == "deepseek_v3" else {first: [0, 1], 2: [3]}
     cases = dense_cases() | {
-        "experts-disable": combine(experts({first: [0, 1], 2: [3]}, {})),
+        "experts-disable": combine(experts(disabled, {})),
         "experts-force": combine(experts({}, {first + 1: [2]})),
         "experts-generated": combine(experts({3: [1]}, {first: [3]}, "generated")),
         "add+ablate+experts+heads": combine(
@@ -96,21 +107,42 @@ COMBINED = ("add+ablate+heads", "add+ablate+experts+heads", "heads-mask-and-scal
 # routing kind); TP=2 on one dense and one MoE architecture.
 COMPILED = ("gpt2", "mixtral", "deepseek_v2", "deepseek_v3")
 TP2 = ("mixtral",)
-# mixtral eager last: the 400 tests below reuse its server.
-EAGER = [k for k in DENSE_KINDS + MOE_KINDS if k != "mixtral"] + ["mixtral"]
+EAGER = DENSE_KINDS + MOE_KINDS
 
 
-# What `make test` (CI) runs of the matrix: one-tensor layers compiled and the dose modes. The whole
-# matrix (23 servers, ~50 min on 2 cores) is `make test-architectures` (marker `architectures`).
-IN_MAKE_TEST = {("gpt2", "compiled", "hf")} | {("llama", mode, "hf") for mode in DOSE_MODES}
+# CI (`make test`) runs the matrix in process (harness/in_process_engine.py: vLLM's engine behind
+# the API's own gateway, one engine per (architecture, mode), ~5-15 s each instead of a ~50 s
+# server). Over HTTP in CI: the dose modes, and the no-silent-no-op property on the session's tiny
+# Llama server. The whole matrix over HTTP, TP=2 included, is
+# `make test-architectures` (marker `architectures`; 23 servers, ~50 min on 2 cores).
+COMPILE_BACKEND = "inductor"  # vLLM's default on CPU: what a served compiled model runs
+# vLLM itself differs from HF on the tiny DeepSeek models on CPU (CPU_MLA), measured 28 Nov: DeepSeek-V3
+# with no plugin loaded, unsteered max |dlogprob| 0.077, greedy tokens apart from the first token on one
+# prompt; DeepSeek-V2 unsteered (plugin loaded, nothing steered) 0.127, tokens apart from step 5. So HF equality cannot be shown there (strict
+# xfail: it fails for that reason, and the day vLLM agrees it will say so); compiled, they get the
+# no-silent-no-op property instead, which needs no HF.
+VLLM_DIFFERS_FROM_HF = pytest.mark.xfail(strict=True, reason="unsteered vLLM CPU differs from HF on tiny DeepSeek")
+COMPILED_CHECK = {"gpt2": "hf", "mixtral": "hf", "deepseek_v2": "no-op", "deepseek_v3": "no-op"}
 
 
-def _runs() -> list:
+def _in_process_runs() -> list:
+    runs = [(kind, "compiled", COMPILED_CHECK[kind]) for kind in COMPILED]
+    runs += [(kind, "eager", check) for kind in EAGER for check in ("hf", "no-op")]
+    marks = {run: [VLLM_DIFFERS_FROM_HF] for run in runs if run[0] in MLA and run[2] == "hf"}
+    return [pytest.param(*run, marks=marks.get(run, [])) for run in runs]
+
+
+HTTP_IN_MAKE_TEST = {("llama", mode, "hf") for mode in DOSE_MODES}
+
+
+def _http_runs() -> list:
     """(architecture, mode, check), grouped by server: each (architecture, mode) starts once."""
     runs = ([(kind, "compiled", "hf") for kind in COMPILED] + [(kind, "tp2", "hf") for kind in TP2]
             + [("llama", mode, "hf") for mode in DOSE_MODES]
             + [(kind, "eager", check) for kind in EAGER for check in ("hf", "no-op")])
-    return [run if run in IN_MAKE_TEST else pytest.param(*run, marks=pytest.mark.architectures) for run in runs]
+    marks = {run: [pytest.mark.architectures] * (run not in HTTP_IN_MAKE_TEST)
+             + [VLLM_DIFFERS_FROM_HF] * (run[0] in MLA and run[2] == "hf") for run in runs}
+    return [pytest.param(*run, marks=marks[run]) for run in runs]
 
 
 def _cases_in(kind: str, mode: str) -> dict[str, tuple[dict, list]]:
@@ -122,6 +154,28 @@ def _cases_in(kind: str, mode: str) -> dict[str, tuple[dict, list]]:
 
 
 @pytest.fixture(scope="module")
+def engines(tiny_model, tmp_path_factory) -> OneAtATime:
+    """An in-process engine (and HF reference) per (architecture, mode), one alive at a time."""
+    from harness.hf_reference import HFReference
+    from harness.in_process_engine import InProcessEngine
+
+    vector_dir = tmp_path_factory.mktemp("no-vectors")
+
+    def start(key: tuple[str, str]) -> tuple[InProcessEngine, Expected]:
+        kind, mode = key
+        # HF first: vLLM's Transformers backend (GPT-NeoX, OLMo-2) rewrites HF's model classes in this process
+        expected = expected_generations(HFReference(tiny_model(kind)), kind, mode)
+        engine = InProcessEngine(tiny_model(kind), vector_dir,
+                                 compile_backend=COMPILE_BACKEND if mode == "compiled" else None,
+                                 attention_backend="CPU_MLA" if kind in MLA else None)
+        return engine, expected
+
+    pool = OneAtATime(start, lambda value: value[0].close())
+    yield pool
+    pool.close()
+
+
+@pytest.fixture(scope="module")
 def servers(tiny_model, log_dir, tmp_path_factory) -> OneAtATime:
     """A server (and HF reference) per (architecture, mode), one alive at a time."""
     from harness.hf_reference import HFReference
@@ -129,25 +183,35 @@ def servers(tiny_model, log_dir, tmp_path_factory) -> OneAtATime:
     policy = tmp_path_factory.mktemp("policy") / "dose.yaml"
     policy.write_text(DOSE_POLICY)
 
-    def start(key: tuple[str, str]) -> tuple[Server, HFReference]:
+    def start(key: tuple[str, str]) -> tuple[Server, Expected]:
         kind, mode = key
         options = dict(MODES[mode])
         if mode.startswith("policy"):
             options["extra_args"] = ["--policy", str(policy)]
         if kind in MLA:  # vLLM prefers AMX_MLA where AMX exists; it needs bf16/fp16 weights, not float32
             options["extra_args"] = [*options.get("extra_args", []), "--attention-backend", "CPU_MLA"]
-        return Server(tiny_model(kind), log_dir, **options).wait_ready(), HFReference(tiny_model(kind))
+        expected = expected_generations(HFReference(tiny_model(kind)), kind, mode)
+        return Server(tiny_model(kind), log_dir, **options).wait_ready(), expected
 
     pool = OneAtATime(start, lambda value: value[0].stop())
     yield pool
     pool.close()
 
 
-async def _batch(server: Server, requests: list[tuple[list[int], dict | None, int]]) -> list[httpx.Response]:
-    async with httpx.AsyncClient(base_url=server.url, timeout=600) as client:
-        jobs = [client.post("/v1/completions", json=completion_body(server.model, prompt, tokens, steering))
-                for prompt, steering, tokens in requests]
-        return await asyncio.gather(*jobs)
+def _over_http(server: Server, requests: list[Request]) -> list[Generation | Refusal]:
+    """The requests as one concurrent batch to a real server; 400s as refusals."""
+    async def batch() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=600) as client:
+            jobs = [client.post("/v1/completions", json=completion_body(server.model, prompt, tokens, steering))
+                    for prompt, steering, tokens in requests]
+            return await asyncio.gather(*jobs)
+
+    outcomes: list[Generation | Refusal] = []
+    for response in asyncio.run(batch()):
+        assert response.status_code in (200, 400), response.text
+        outcomes.append(parse_generation(response.json()) if response.status_code == 200
+                        else Refusal(400, response.json()["error"]["message"]))
+    return outcomes
 
 
 def _worst(actual: Generation, expected: Generation) -> float:
@@ -169,31 +233,55 @@ def test_dose_case_is_really_clipped(tiny_reference) -> None:
         PROMPT, MAX_TOKENS, unclipped).logprobs
 
 
-@pytest.mark.parametrize("kind, mode, check", _runs(), ids=lambda v: v)
-def test_architecture(servers, kind: str, mode: str, check: str, record_property) -> None:
-    server, reference = servers.get((kind, mode))
+def test_no_silent_no_op_over_http(tiny_eager_server) -> None:
+    """The property over a real server (the session's tiny Llama, the matrix's `llama`): the HTTP
+    path, 400s included, is the same for every architecture."""
+    no_silent_no_op(functools.partial(_over_http, tiny_eager_server), "llama")
+
+
+@pytest.mark.parametrize("kind, mode, check", _in_process_runs(), ids=lambda v: v)
+def test_architecture(engines, kind: str, mode: str, check: str, record_property) -> None:
+    engine, expected = engines.get((kind, mode))
+    _check(engine.complete, expected, kind, mode, check, record_property)
+
+
+@pytest.mark.parametrize("kind, mode, check", _http_runs(), ids=lambda v: v)
+def test_architecture_over_http(servers, kind: str, mode: str, check: str, record_property) -> None:
+    server, expected = servers.get((kind, mode))
+    _check(functools.partial(_over_http, server), expected, kind, mode, check, record_property)
+
+
+def _check(complete: Complete, expected: Expected, kind: str, mode: str, check: str, record_property) -> None:
     if check == "hf":
-        matches_hf_in_mixed_batch(server, reference, kind, mode, record_property)
+        matches_hf_in_mixed_batch(complete, expected, kind, mode, record_property)
     else:
-        no_silent_no_op(server, kind)
+        no_silent_no_op(complete, kind)
 
 
-def matches_hf_in_mixed_batch(server, reference, kind: str, mode: str, record_property) -> None:
+def expected_generations(reference, kind: str, mode: str) -> Expected:
+    """HF's greedy generations: the two unsteered prompts, then each case of (kind, mode) by name."""
+    plain = reference.greedy(PROMPT, MAX_TOKENS)
+    expected = {UNSTEERED: plain, UNSTEERED_OTHER: reference.greedy(OTHER_PROMPT, MAX_TOKENS)}
+    return expected | {name: reference.greedy(PROMPT, MAX_TOKENS, edits)
+                       for name, (_, edits) in _cases_in(kind, mode).items()}
+
+
+def matches_hf_in_mixed_batch(complete: Complete, expected: Expected, kind: str, mode: str, record_property) -> None:
     """All cases of one (architecture, mode) in one concurrent batch with two unsteered requests."""
     cases = _cases_in(kind, mode)
-    plain, other = reference.greedy(PROMPT, MAX_TOKENS), reference.greedy(OTHER_PROMPT, MAX_TOKENS)
-    expected = {name: reference.greedy(PROMPT, MAX_TOKENS, edits) for name, (_, edits) in cases.items()}
-    for name, generation in expected.items():
+    plain, other = expected[UNSTEERED], expected[UNSTEERED_OTHER]
+    for name in cases:
         try:
-            assert_steering_visible(generation, plain)
+            assert_steering_visible(expected[name], plain)
         except AssertionError as exc:
             raise AssertionError(f"{kind} case {name}: {exc}") from None
 
     requests = [(PROMPT, None, MAX_TOKENS), (OTHER_PROMPT, None, MAX_TOKENS)]
     requests += [(PROMPT, steering, MAX_TOKENS) for steering, _ in cases.values()]
-    responses = asyncio.run(_batch(server, requests))
-    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
-    got = [parse_generation(r.json()) for r in responses]
+    got = complete(requests)
+    refused = {name: g.message for name, g in zip(["unsteered", "unsteered-other", *cases], got)
+               if isinstance(g, Refusal)}
+    assert not refused, f"{kind}/{mode} refused: {refused}"
 
     unsteered_gap = max(_worst(got[0], plain), _worst(got[1], other))
     record_property("unsteered_vs_hf_max_dlogprob", unsteered_gap)
@@ -233,50 +321,24 @@ def _must_refuse(kind: str) -> set[tuple[str, int]]:
     return {(edit, layer) for edit in expert_kinds for layer in range(first_moe_layer(kind))}
 
 
-def no_silent_no_op(server: Server, kind: str) -> None:
+def no_silent_no_op(complete: Complete, kind: str) -> None:
     """Every edit the API accepts changes the logprobs; every one it refuses is expected and named."""
     probes = _probes(kind)
     flat = [(key, spec) for key, specs in probes.items() for spec in specs]
-    requests = [(PROMPT, None, 3)] + [(PROMPT, {"interventions": [spec]}, 3) for _, spec in flat]
-    responses = asyncio.run(_batch(server, requests))
-    plain = parse_generation(responses[0].json())
+    outcomes = complete([(PROMPT, None, 3)] + [(PROMPT, {"interventions": [spec]}, 3) for _, spec in flat])
+    plain = outcomes[0]
     refused, changed, accepted = set(), set(), set()
-    for (key, _), response in zip(flat, responses[1:]):
-        if response.status_code == 400:
+    for (key, _), outcome in zip(flat, outcomes[1:]):
+        if isinstance(outcome, Refusal):
             refused.add(key)
-            message = response.json()["error"]["message"]
-            assert f"layer {key[1]}" in message or "no Mixture-of-Experts" in message, response.text
+            assert f"layer {key[1]}" in outcome.message or "no Mixture-of-Experts" in outcome.message, outcome
             continue
-        assert response.status_code == 200, response.text
         accepted.add(key)
-        if _worst(parse_generation(response.json()), plain) > 1e-5:
+        if _worst(outcome, plain) > 1e-5:
             changed.add(key)
     assert accepted.isdisjoint(refused), f"{kind}: variants of one edit both accepted and refused"
     assert not accepted - changed, f"{kind}: accepted but no effect on the logprobs: {sorted(accepted - changed)}"
     assert refused == _must_refuse(kind), f"{kind}: refused {sorted(refused)}"
-
-
-@pytest.mark.parametrize("steering, fragment", [
-    ({"interventions": [{"type": "experts", "disable": {"0": [9]}}]}, "expert 9 does not exist in layer 0"),
-    ({"interventions": [{"type": "experts", "disable": {"7": [0]}}]}, "layer 7 has no experts"),
-    ({"interventions": [{"type": "experts", "disable": {"0": [0]}, "force": {"0": [0]}}]}, "both disabled and forced"),
-    ({"interventions": [{"type": "experts", "force": {"0": [0, 1, 2]}}]}, "3 experts forced"),
-    ({"interventions": [{"type": "experts", "disable": {"0": [0, 1, 2]}}]}, "only 1 experts left enabled"),
-    ({"interventions": [{"type": "experts"}]}, "give `disable` and/or `force`"),
-    ({"interventions": [{"type": "heads", "mask": {"0": [2]}}]}, "head 2 does not exist"),
-    ({"interventions": [{"type": "heads", "mask": {"9": [0]}}]}, "layer 9 is out of range"),
-    ({"interventions": [{"type": "heads", "scale": {"0": {"x": 1.0}}}]}, "is not a head number"),
-    ({"interventions": [{"type": "ablate", "vector": [0.0] * TINY_HIDDEN, "layers": [0]}]}, "zero norm"),
-    ({"interventions": [{"type": "clamp", "vector": V1.tolist(), "layers": [0]}]}, "value"),
-    ({"interventions": [{"type": "ablate", "vector": V1.tolist(), "layers": [0]}] * 3}, "at most 2 per layer"),
-])
-def test_invalid_new_types_are_400(servers, steering: dict, fragment: str) -> None:
-    server, _ = servers.get(("mixtral", "eager"))
-    body = {"model": server.model, "prompt": "Hi", "max_tokens": 2, "steering": steering}
-    response = server.client.post("/v1/completions", json=body)
-    assert response.status_code == 400, response.text
-    assert fragment in response.json()["error"]["message"]
-    assert server.client.post("/v1/completions", json=body | {"steering": None}).status_code == 200
 
 
 def test_experts_on_a_dense_model_is_400(tiny_eager_server) -> None:
@@ -286,3 +348,4 @@ def test_experts_on_a_dense_model_is_400(tiny_eager_server) -> None:
     response = tiny_eager_server.client.post("/v1/completions", json=body)
     assert response.status_code == 400
     assert "no Mixture-of-Experts layers" in response.json()["error"]["message"]
+    assert tiny_eager_server.client.post("/v1/completions", json=body | {"steering": None}).status_code == 200
