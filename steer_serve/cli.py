@@ -65,6 +65,8 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
         env["STEER_SERVE_MAX_DOSE"] = str(args.max_dose)
     if args.policy is not None:
         env["STEER_SERVE_POLICY_FILE"] = str(Path(args.policy).resolve())
+    if args.probes is not None:
+        env["STEER_SERVE_PROBES_FILE"] = str(Path(args.probes).resolve())
     return env
 
 
@@ -83,6 +85,14 @@ def _run_serve(args: argparse.Namespace, passthrough: list[str]) -> int:
         try:  # the schema check is cheap: fail before vLLM spends a minute starting
             load_experiments(Path(args.experiments))
         except ExperimentConfigError as exc:
+            print(f"steer-serve: {exc}", file=sys.stderr)
+            return 2
+    if args.probes is not None:
+        from steer_serve.request.observe_spec import read_server_probes
+
+        try:
+            read_server_probes(Path(args.probes))
+        except ValueError as exc:
             print(f"steer-serve: {exc}", file=sys.stderr)
             return 2
     if args.policy is not None:
@@ -273,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dose guardrail: clip each token's added vector to this fraction of the layer output's norm")
     serve.add_argument("--policy", default=None,
                        help="steering policy YAML: per caller (--api-key, by sha256) what may be steered")
+    serve.add_argument("--probes", default=None,
+                       help="server probes YAML/JSON (name, vector, layer): observed on every completion request, "
+                            "mean projection per request on /metrics (steer_serve:probe_mean_projection)")
     serve.set_defaults(handler=_run_serve)
 
     extract = commands.add_parser("extract", help="steering vector from contrastive pairs (JSONL) on a model's activations")

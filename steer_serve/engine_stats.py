@@ -26,6 +26,8 @@ class WorkerSteeringStats(BaseModel):
     resident_slots: NonNegativeInt  # table slots holding a configuration (an LRU cache over live ones)
     slot_capacity: NonNegativeInt  # slots in the tables (max_num_seqs)
     table_bytes: NonNegativeInt  # memory of the persistent steering tables on the worker's device
+    observed_requests: NonNegativeInt = 0  # live requests holding an observation lane
+    held_observations: NonNegativeInt = 0  # finished observations not yet fetched by the API
 
 
 class EngineSteeringStats(BaseModel):

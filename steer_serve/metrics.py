@@ -49,6 +49,11 @@ POLICY_REFUSALS = Counter(
     "steer_serve:policy_refusals", "Requests refused (403) by the steering policy, by rule (`<rule name>.<field>`)",
     ["rule"],
 )
+PROBE_MEAN_PROJECTION = Histogram(
+    "steer_serve:probe_mean_projection",
+    "Per-request mean projection of the residual stream on a server probe (--probes), by probe, experiment, arm",
+    ["probe", "experiment", "arm"], buckets=(-16, -8, -4, -2, -1, -0.5, 0, 0.5, 1, 2, 4, 8, 16),
+)
 VECTORS_LOADED = Gauge(
     "steer_serve:vectors_loaded", "Vectors in the library of the API server", multiprocess_mode="max",
 )

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     outbox_max_bytes: int = Field(256 * 1024 * 1024, ge=4096, description="outbox bound; past it records are dropped")
     control_poll_s: float = Field(0.25, gt=0, le=1, description="how often kill switches/reloads are read from the store")
     policy_file: Path | None = Field(None, description="steering policy YAML (who may steer what); None: no policy")
+    probes_file: Path | None = Field(None, description="server probes (YAML/JSON list of name, vector, layer) observed "
+                                                      "on every completion request, for /metrics; None: none")
     admin_key: SecretStr | None = Field(None, description="bearer key for the admin routes; None: admin routes refuse")
 
     @property

@@ -10,3 +10,5 @@ VLLM_PLUGINS = f"{ENGINE_PLUGIN},{ENDPOINT_PLUGIN}"  # what `steer-serve serve` 
 STATS_METHOD = "steer_serve_stats"
 # The capability handshake: the API process asks every worker what its hooks can apply.
 CAPABILITIES_METHOD = "steer_serve_capabilities"
+# The observation fetch: the API process takes a finished request's probe values and captures.
+OBSERVE_METHOD = "steer_serve_observation"

@@ -22,6 +22,7 @@ from steer_serve.request.errors import FIELD, SteeringError, parse_steering
 from steer_serve.request.steering_resolver import SteeringResolver
 from steer_serve.request.steering_spec import SteeringSpec
 from steer_serve_vllm.api.errors import error_body
+from steer_serve_vllm.api.observe_gateway import ObserveGate, Observation
 
 if TYPE_CHECKING:
     from steer_serve.experiments.arm_selector import ArmSelector, Assignment
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 # Each of these request models carries `vllm_xargs` and `cache_salt` into SamplingParams.
 STEERABLE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
+OBSERVABLE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})  # the middleware injects results there
 FINGERPRINT_HEADER = "x-steer-serve-fingerprint"
 
 
@@ -57,14 +59,16 @@ class Forward:
     headers: dict[str, str] = field(default_factory=dict)
     fingerprint: str | None = None
     assignment: "Assignment | None" = None  # set when an experiment arm (control included) is served
+    observation: Observation | None = None  # set when the workers observe this request (observe, --probes)
 
 
 class RequestGateway:
     def __init__(self, resolver: SteeringResolver, arms: "ArmSelector | None" = None,
-                 policy: "PolicyGate | None" = None) -> None:
+                 policy: "PolicyGate | None" = None, observe: ObserveGate | None = None) -> None:
         self.resolver = resolver
         self.arms = arms
         self.policy = policy
+        self.observe = observe
 
     def prepare(self, path: str, body: bytes, headers: Mapping[str, str] | None = None) -> Rejection | Forward:
         """Validate and apply the request's own steering or, when it carries none, its experiment arm."""
@@ -77,6 +81,7 @@ class RequestGateway:
         if not isinstance(request, dict):
             return Forward()
         try:
+            observation = self.observe.take(request, path in OBSERVABLE_PATHS) if self.observe else None
             raw = _extract_raw_spec(request, path)
             spec = None if raw is None else parse_steering(raw)
             steering = self._admit(request, path, headers or {}, spec)
@@ -88,17 +93,20 @@ class RequestGateway:
         if assignment is not None and steering is None:
             steering = assignment.arm.steering  # None for control: the body goes on untouched
         extra = assignment.headers if assignment is not None else {}
-        if steering is None:
+        if steering is None and observation is None:
             return Forward(headers=extra, assignment=assignment)
-        fingerprint = steering.fingerprint
-        own_salt = _cache_salt(steering, request)
-        xargs = dict(request.get("vllm_xargs") or {})
-        xargs[wire_format.EXTRA_ARGS_KEY] = wire_format.encode(steering)
-        request["vllm_xargs"] = xargs
-        salt = request.get("cache_salt")
-        request["cache_salt"] = f"{salt}|{own_salt}" if salt else own_salt
-        headers_out = {FINGERPRINT_HEADER: fingerprint, **extra}
-        return Forward(json.dumps(request).encode(), headers_out, fingerprint, assignment)
+        fingerprint, headers_out = None, dict(extra)
+        if steering is not None:
+            fingerprint = steering.fingerprint
+            own_salt = _cache_salt(steering, request)
+            xargs = dict(request.get("vllm_xargs") or {})
+            xargs[wire_format.EXTRA_ARGS_KEY] = wire_format.encode(steering)
+            request["vllm_xargs"] = xargs
+            salt = request.get("cache_salt")
+            request["cache_salt"] = f"{salt}|{own_salt}" if salt else own_salt
+            headers_out = {FINGERPRINT_HEADER: fingerprint, **extra}
+        observed = None if observation is None else ObserveGate.attach(request, observation)
+        return Forward(json.dumps(request).encode(), headers_out, fingerprint, assignment, observed)
 
     def _admit(self, request: dict[str, Any], path: str, headers: Mapping[str, str],
                spec: SteeringSpec | None) -> "ResolvedSteering | Rejection | None":

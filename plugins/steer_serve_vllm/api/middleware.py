@@ -12,7 +12,10 @@ import time
 from typing import Any, Awaitable, Callable
 
 from steer_serve.experiments.response_observer import ResponseObserver
+from steer_serve import metrics
+from steer_serve.request import observe_wire
 from steer_serve_vllm.api.gateway import STEERABLE_PATHS, Forward, Rejection
+from steer_serve_vllm.api.observe_relay import ObservationRelay, fetch_observation
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -50,9 +53,12 @@ class SteeringMiddleware:
             await self._forward(scope, receive, send, body, decision, None)
             return
         observer = ResponseObserver(started)
+        relay = _relay(scope, send, decision)
         try:
-            await self._forward(scope, receive, send, body, decision, observer)
+            await self._forward(scope, receive, send if relay is None else relay.send, body, decision, observer)
         finally:
+            if relay is not None:
+                relay.finish()
             service.recorder.record(decision.assignment, decision.fingerprint, observer.finish(time.perf_counter()))
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, body: bytes, decision: Forward,
@@ -81,6 +87,22 @@ class SteeringMiddleware:
             await send(message)
 
         await self.app(scope, replay, send_with_headers)
+
+
+def _relay(scope: Scope, send: Send, decision: Forward) -> ObservationRelay | None:
+    """The relay that brings the observation into the response (None when nothing is observed)."""
+    if decision.observation is None:
+        return None
+    engine_client = scope["app"].state.engine_client
+    assignment = decision.assignment
+    experiment = assignment.experiment.config.key if assignment and assignment.experiment else metrics.NONE
+    arm = assignment.arm.name if assignment and assignment.arm else metrics.NONE
+
+    def record(result: dict[str, Any]) -> None:
+        for probe, mean in observe_wire.probe_means(result).items():
+            metrics.PROBE_MEAN_PROJECTION.labels(probe, experiment, arm).observe(mean)
+
+    return ObservationRelay(send, decision.observation, lambda oid: fetch_observation(engine_client, oid), record)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

@@ -25,6 +25,8 @@ from steer_serve.library.presets import PresetLibrary
 from steer_serve.policy.gate import PolicyGate
 from steer_serve_vllm.api.capabilities import engine_shape
 from steer_serve_vllm.api.gateway import Rejection, RequestGateway
+from steer_serve_vllm.api.observe_gateway import ObserveGate
+from steer_serve.request.observe_spec import ObserveResolver, read_server_probes
 from steer_serve.settings import Settings
 from steer_serve.request.steering_resolver import SteeringResolver
 from steer_serve.library.vector_library import VectorLibrary
@@ -119,11 +121,22 @@ class SteerServeEndpointPlugin:
         policy = _load_policy(settings, library, presets, resolver, bool(getattr(args, "api_key", None)
                                                                            or os.environ.get("VLLM_API_KEY")))
         arms = _load_experiments(settings, resolver, store, policy)
-        gateway = RequestGateway(resolver, arms, policy)
+        gateway = RequestGateway(resolver, arms, policy, _observe_gate(settings, shape, library))
         recorder = RequestRecorder(shape.model_id, store.writer if store else None)
         state.steer_serve = SteeringService(settings, shape, library, presets, gateway, recorder, store, saes)
         logger.info("steer-serve: API ready for %s (%d vectors, %d presets, %d SAEs)", shape, len(library),
                     len(presets), len(saes))
+
+
+def _observe_gate(settings: Settings, shape: ModelShape, library: VectorLibrary) -> ObserveGate:
+    """The `observe` field's gate, with the server's probes resolved now: a bad file stops the server."""
+    resolver = ObserveResolver(shape, library)
+    specs = [] if settings.probes_file is None else read_server_probes(settings.probes_file)
+    probes = tuple(resolver.probe(spec, f"{settings.probes_file}[{i}]", report=False) for i, spec in enumerate(specs))
+    if probes:
+        logger.info("steer-serve: server probes %s on every completion request",
+                    ", ".join(f"{p.name}@{p.layer}" for p in probes))
+    return ObserveGate(resolver, probes)
 
 
 def _open_store(settings: Settings) -> StoreServices | None:

@@ -13,17 +13,21 @@ import logging
 from typing import Any, Callable
 
 from steer_serve.model_shape import ModelShape
+from steer_serve.request import observe_wire
 from steer_serve.settings import Settings
 from steer_serve_vllm.engine.adapters import adapter_for
 from steer_serve_vllm.engine.layer_hooks import install_hooks
+from steer_serve_vllm.engine.observe_hooks import install_observer_hooks
+from steer_serve_vllm.engine.observer import Observer
 from steer_serve_vllm.engine.runtime import SteeringRuntime
 from steer_serve_vllm.engine.sites import ModelSites, capabilities, place_sites
-from steer_serve_vllm.names import CAPABILITIES_METHOD, STATS_METHOD
+from steer_serve_vllm.names import CAPABILITIES_METHOD, OBSERVE_METHOD, STATS_METHOD
 
 logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
 
 _RUNTIME_ATTR = "_steer_serve_runtime"
 _SITES_ATTR = "_steer_serve_sites"
+_OBSERVER_ATTR = "_steer_serve_observer"
 
 
 def apply_worker_patches() -> None:
@@ -48,6 +52,7 @@ def apply_worker_patches() -> None:
     )]
     patched.append(_add_worker_method(STATS_METHOD, worker_stats))
     patched.append(_add_worker_method(CAPABILITIES_METHOD, worker_capabilities))
+    patched.append(_add_worker_method(OBSERVE_METHOD, worker_observation))
     runner_cls._steer_serve_patched = True
     logger.info("steer-serve: patched %d vLLM worker symbols (%s); see steer_serve_vllm/ledger.py",
                 len(patched), ", ".join(patched))
@@ -90,7 +95,22 @@ def worker_stats(worker: Any) -> dict[str, int] | None:
     # data_parallel_index: the engine's DP rank also for dense models, whose engines vLLM runs as DP=1
     ranks = {"dp_rank": worker.parallel_config.data_parallel_index, "pp_rank": get_pp_group().rank_in_group,
              "tp_rank": get_tensor_model_parallel_rank()}
-    return runtime.stats(worker.rank).model_copy(update=ranks).model_dump()
+    observer = observer_of(worker.model_runner)
+    observed = {} if observer is None else {"observed_requests": observer.num_live,
+                                            "held_observations": observer.num_held}
+    return runtime.stats(worker.rank).model_copy(update=ranks | observed).model_dump()
+
+
+def worker_observation(worker: Any, observation_id: str) -> dict[str, Any] | None:
+    """Take a finished request's observation (every rank drops its copy; tensor-parallel rank 0 of
+    the first pipeline stage answers, the others return None)."""
+    observer = observer_of(getattr(worker, "model_runner", None))
+    if observer is None:
+        return None
+    result = observer.take(observation_id)
+    from vllm.distributed import get_pp_group, get_tensor_model_parallel_rank
+
+    return result if get_tensor_model_parallel_rank() == 0 and get_pp_group().rank_in_group == 0 else None
 
 
 def worker_capabilities(worker: Any) -> dict[str, Any] | None:
@@ -122,6 +142,10 @@ def runtime_of(runner: Any) -> SteeringRuntime | None:
     return getattr(runner, _RUNTIME_ATTR, None)
 
 
+def observer_of(runner: Any) -> Observer | None:
+    return getattr(runner, _OBSERVER_ATTR, None)
+
+
 def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
     if runtime_of(runner) is not None:
         return
@@ -137,6 +161,10 @@ def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
     max_dose = Settings().max_dose  # the API server's environment is inherited by engine processes
     eager = runner.vllm_config.compilation_config.mode == CompilationMode.NONE
     install_hooks(model_sites, runtime, max_dose, skip_unused=eager)
+    observer = Observer(config.num_hidden_layers, config.hidden_size, runner.max_num_reqs, runner.max_num_tokens,
+                        runner.max_model_len, runner.device, runner.model_config.dtype)
+    install_observer_hooks(model_sites, observer, skip_idle=eager)  # after the steering hooks: sees their edits
+    setattr(runner, _OBSERVER_ATTR, observer)
     setattr(runner, _RUNTIME_ATTR, runtime)
     setattr(runner, _SITES_ATTR, model_sites)
     logger.info("steer-serve: %s adapter, hooks on %d decoder layers (%d with expert edits), %d slots, "
@@ -159,12 +187,16 @@ def _after_update_states(runner: Any, scheduler_output: Any) -> None:
         params = new_req.sampling_params
         if params is not None and params.extra_args:
             runtime.add_request(new_req.req_id, params.extra_args)
+            payload = params.extra_args.get(observe_wire.EXTRA_ARGS_KEY)
+            if payload is not None:
+                observer_of(runner).add_request(new_req.req_id, payload, len(new_req.prompt_token_ids or ()))
 
 
 def _after_request_removed(runner: Any, req_id: str, req_state: Any) -> None:
     runtime = runtime_of(runner)
     if runtime is not None:
         runtime.remove_request(req_id)
+        observer_of(runner).remove_request(req_id)
 
 
 def _after_prepare_inputs(runner: Any, scheduler_output: Any, num_scheduled_tokens: Any) -> None:
@@ -179,3 +211,5 @@ def _after_prepare_inputs(runner: Any, scheduler_output: Any, num_scheduled_toke
         batch.num_computed_tokens_cpu[:num_reqs],
         batch.num_prompt_tokens[:num_reqs],
     )
+    observer_of(runner).prepare_step(batch.req_ids[:num_reqs], num_scheduled_tokens[:num_reqs],
+                                     batch.num_computed_tokens_cpu[:num_reqs])

@@ -1,0 +1,40 @@
+"""Forward hooks that hand each decoder layer's output stream to the Observer.
+
+Registered after the steering hooks (engine/layer_hooks.py), so a layer's probe sees the stream
+with that layer's edits applied. The stream is `hidden + residual` for (hidden, residual) layers
+and the output tensor otherwise, as in layer_hooks. The hook never changes the output. Installed
+before the first forward pass (torch.compile traces it in); in eager mode it returns at once in
+steps without observed tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from steer_serve_vllm.engine.observer import Observer
+from steer_serve_vllm.engine.sites import ModelSites
+
+
+def install_observer_hooks(model_sites: ModelSites, observer: Observer, skip_idle: bool) -> list[Any]:
+    pair = model_sites.adapter.stream == "pair"
+    return [layer.register_forward_hook(_observe_hook(observer, index, pair, skip_idle))
+            for index, layer in enumerate(model_sites.layers)]
+
+
+def _observe_hook(observer: Observer, layer: int, pair: bool, skip_idle: bool) -> Callable[..., Any]:
+    def observe_layer_output(module: nn.Module, args: Any, output: Any) -> Any:
+        if skip_idle and not observer.active:
+            return output
+        if pair:
+            if not (isinstance(output, tuple) and len(output) == 2):
+                return output  # layer outside this pipeline stage (PPMissingLayer)
+            hidden, residual = output  # [T, D], [T, D]
+            observer.observe(layer, hidden + residual)
+            return output
+        stream = output[0] if isinstance(output, tuple) else output  # [T, D] or [1, T, D]
+        observer.observe(layer, stream.reshape(-1, stream.shape[-1]))
+        return output
+
+    return observe_layer_output

@@ -1,0 +1,93 @@
+"""The observer's bookkeeping and in-graph writes, driven step by step as the runner would."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from steer_serve.request import observe_wire
+from steer_serve.request.observe_spec import Capture, Probe, ResolvedObservation
+from steer_serve_vllm.engine.observer import Observer
+
+L, D = 3, 8
+
+
+def _observer() -> Observer:
+    return Observer(L, D, max_reqs=4, max_tokens=32, max_len=64, device=torch.device("cpu"), dtype=torch.float32)
+
+
+def _unit(seed: int) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(D).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def _payload(observation: ResolvedObservation, observation_id: str = "obs-a") -> str:
+    return observe_wire.encode(observation_id, observation)
+
+
+def _run(observer: Observer, steps: list[tuple[list[str], list[int], list[int]]], streams: dict) -> None:
+    """Each step: req_ids, tokens scheduled, tokens computed before; streams[(req, pos, layer)] = [D]."""
+    for req_ids, scheduled, computed in steps:
+        observer.prepare_step(req_ids, np.array(scheduled), np.array(computed))
+        for layer in range(L):
+            rows = [streams[(r, c + k, layer)] for r, n, c in zip(req_ids, scheduled, computed) for k in range(n)]
+            observer.observe(layer, torch.tensor(np.stack(rows)))
+
+
+def _streams(req_ids: list[str], length: int) -> dict:
+    rng = np.random.default_rng(1)
+    return {(r, p, layer): rng.standard_normal(D).astype(np.float32)
+            for r in req_ids for p in range(length) for layer in range(L)}
+
+
+def test_probe_values_and_captures_survive_chunking_and_mixed_batches() -> None:
+    observer = _observer()
+    direction = _unit(0)
+    observation = ResolvedObservation((Probe("p", 1, direction, cosine=True),), Capture((0, 2), "last"))
+    observer.add_request("a", _payload(observation), num_prompt=5)
+    streams = _streams(["a", "b"], 8)
+    # a: prompt in chunks 3 + 2 next to unobserved b, then two decode steps (positions 5, 6)
+    _run(observer, [(["b", "a"], [4, 3], [0, 0]), (["a", "b"], [2, 1], [3, 4]), (["a"], [1], [5]), (["a"], [1], [6])],
+         streams)
+    assert observer.take("obs-a") == {"status": "live"}
+    observer.remove_request("a")
+    result = observer.take("obs-a")
+    assert observer.take("obs-a") is None and observer.num_live == 0 and observer.num_held == 0
+    response = observe_wire.response_object(result)
+    assert response["positions"] == list(range(7)) and response["num_prompt_tokens"] == 5
+    expected = [float(streams[("a", p, 1)] @ direction) for p in range(7)]
+    np.testing.assert_allclose(response["probes"][0]["projection"], expected, atol=1e-5)
+    cosine = [e / np.linalg.norm(streams[("a", p, 1)]) for p, e in enumerate(expected)]
+    np.testing.assert_allclose(response["probes"][0]["cosine"], cosine, atol=1e-5)
+    for entry, layer in zip(response["capture"], (0, 2)):
+        assert entry["positions"] == [4] and entry["shape"] == [1, D] and not entry["truncated"]
+        np.testing.assert_allclose(observe_wire.unpack(entry["data"]).reshape(1, D), [streams[("a", 4, layer)]])
+
+
+def test_recomputation_after_preemption_overwrites_with_the_same_values() -> None:
+    observer = _observer()
+    observation = ResolvedObservation((Probe("p", 2, _unit(3)),), Capture((1,), (0, 2)))
+    observer.add_request("a", _payload(observation), num_prompt=3)
+    streams = _streams(["a"], 5)
+    _run(observer, [(["a"], [3], [0]), (["a"], [1], [3]), (["a"], [4], [0])], streams)  # preempted, recomputed
+    observer.remove_request("a")
+    response = observe_wire.response_object(observer.take("obs-a"))
+    np.testing.assert_allclose(response["probes"][0]["projection"],
+                               [streams[("a", p, 2)] @ _unit(3) for p in range(4)], atol=1e-5)
+    data = observe_wire.unpack(response["capture"][0]["data"]).reshape(2, D)
+    np.testing.assert_allclose(data, [streams[("a", 0, 1)], streams[("a", 2, 1)]])
+
+
+def test_lanes_are_reused_without_stale_values_and_held_results_are_bounded() -> None:
+    observer = _observer()
+    observer.max_held = 2
+    streams = _streams([f"r{i}" for i in range(4)], 4)
+    for i in range(4):
+        observation = ResolvedObservation((Probe("p", 0, _unit(i)),))
+        observer.add_request(f"r{i}", _payload(observation, f"o{i}"), num_prompt=2)
+        _run(observer, [([f"r{i}"], [2], [0])], streams)
+        observer.remove_request(f"r{i}")
+    assert observer.num_held == 2 and observer.take("o0") is None and observer.lanes.num_live == 0
+    response = observe_wire.response_object(observer.take("o3"))
+    np.testing.assert_allclose(response["probes"][0]["projection"],
+                               [streams[("r3", p, 0)] @ _unit(3) for p in range(2)], atol=1e-5)
