@@ -125,6 +125,19 @@ class HFReference:
             for handle in handles:
                 handle.remove()
 
+    @torch.no_grad()
+    def hidden_states(self, tokens: list[int], edits: list[Edit] = ()) -> torch.Tensor:
+        """HF's `output_hidden_states` of one forward over `tokens`, with `edits` (positions "all")
+        applied: [L+1, n, D]; entry L+1 is the stream after decoder layer L (the last one normed)."""
+        phase = {"now": "prompt"}
+        handles = [handle for edit in edits for handle in self._install(edit, phase)]
+        try:
+            out = self.model(torch.tensor([tokens]), output_hidden_states=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return torch.stack(out.hidden_states)[:, 0]
+
     def _install(self, edit: Edit, phase: dict[str, str]) -> list[Any]:
         active = lambda: edit.positions in ("all", phase["now"])  # noqa: E731
         layer = _get(self.model, self.layers_path)[edit.layer]

@@ -19,7 +19,7 @@ import argparse
 from dataclasses import dataclass
 from typing import Literal
 
-from steer_serve_vllm.names import CAPABILITIES_METHOD, ENDPOINT_PLUGIN, STATS_METHOD
+from steer_serve_vllm.names import CAPABILITIES_METHOD, ENDPOINT_PLUGIN, OBSERVE_METHOD, STATS_METHOD
 
 Process = Literal["api", "engine", "client"]  # client: `steer-serve loadtest`, no server involved
 How = Literal["wrap", "replace", "add", "plant", "rely"]
@@ -230,11 +230,18 @@ LEDGER: tuple[LedgerRecord, ...] = (
             f"answer collective_rpc(\"{STATS_METHOD}\") with this worker's steering bookkeeping; collective_rpc "
             "looks worker methods up by name (CPUWorker inherits it)",
             "vLLM's --worker-extension-cls is set by every launcher we support", _PATCHES),
+    _engine("add", "vllm.v1.worker.gpu_worker", f"Worker.{OBSERVE_METHOD}",
+            f"answer collective_rpc(\"{OBSERVE_METHOD}\", observation_id) with a finished request's probe values and "
+            "captures (api/observe_relay.py fetches them when the response ends)",
+            "vLLM returns per-request activations itself (RFC #36998)", _PATCHES),
     _engine("rely", "vllm.v1.worker.cpu_worker", "CPUWorker",
             f"inherits `{STATS_METHOD}` from Worker", "as above", _PATCHES, evidence="(Worker)"),
     _engine("plant", _RUNNER, "GPUModelRunner._steer_serve_patched",
             "marks the class as patched, so loading the general plugin again patches nothing twice",
             "the patches go", _PATCHES),
+    _engine("plant", _RUNNER, "GPUModelRunner._steer_serve_observer",
+            "each model runner instance holds its Observer (lanes, probe and capture buffers)", "the patches go",
+            _PATCHES),
     _engine("plant", _RUNNER, "GPUModelRunner._steer_serve_runtime",
             "each model runner instance holds its SteeringRuntime (tables, slots, token rows)", "the patches go",
             _PATCHES),

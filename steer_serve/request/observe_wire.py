@@ -57,19 +57,19 @@ def decode(payload: str) -> tuple[str, ResolvedObservation]:
 
 def response_object(result: dict[str, Any]) -> dict[str, Any]:
     """The public `observe` object from a worker's result (see the README for the shape)."""
-    computed = int(result["num_computed_tokens"])
+    first, computed = int(result["first_position"]), int(result["num_computed_tokens"])
     probes = []
     for probe in result["probes"]:
         if not probe["report"]:
             continue
-        projection = unpack(probe["projection"])[:computed]
+        projection = unpack(probe["projection"])[first:computed]
         entry: dict[str, Any] = {"name": probe["name"], "layer": probe["layer"], "projection": projection.tolist()}
         if probe["cosine"]:
-            norm = np.maximum(unpack(probe["norm"])[:computed], 1e-12)
+            norm = np.maximum(unpack(probe["norm"])[first:computed], 1e-12)
             entry["cosine"] = (projection / norm).tolist()
         probes.append(entry)
     observed: dict[str, Any] = {"num_prompt_tokens": int(result["num_prompt_tokens"]),
-                                "positions": list(range(computed)), "probes": probes}
+                                "positions": list(range(first, computed)), "probes": probes}
     if result.get("capture") is not None:
         observed["capture"] = [{"layer": c["layer"], "positions": c["positions"],
                                 "shape": [len(c["positions"]), int(result["hidden_size"])], "dtype": "float32",
@@ -78,11 +78,12 @@ def response_object(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def probe_means(result: dict[str, Any]) -> dict[str, float]:
-    """Mean projection over the observed positions of each server probe (report=False) -> /metrics."""
-    computed = int(result["num_computed_tokens"])
+    """Mean projection over the computed positions (prefix-cache hits have none) of each server probe
+    (report=False) -> /metrics."""
+    first, computed = int(result["first_position"]), int(result["num_computed_tokens"])
     means = {}
     for probe in result["probes"]:
-        values = unpack(probe["projection"])[:computed]
+        values = unpack(probe["projection"])[first:computed]
         if not probe["report"] and values.size:
             means[probe["name"]] = float(values.mean())
     return means

@@ -24,7 +24,7 @@ ADD = [{"type": "add", "vector": "v", "layers": [1], "scale": 2.0}]
 
 def test_every_metric_is_prefixed_and_in_the_default_registry() -> None:
     defined = [value for value in vars(metrics).values() if isinstance(value, MetricWrapperBase)]
-    assert len(defined) == 14
+    assert len(defined) == 15
     registered = {name for collector in REGISTRY._collector_to_names for name in REGISTRY._collector_to_names[collector]}
     for metric in defined:
         assert metric._name.startswith("steer_serve:"), metric._name
