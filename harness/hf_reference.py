@@ -127,16 +127,28 @@ class HFReference:
 
     @torch.no_grad()
     def hidden_states(self, tokens: list[int], edits: list[Edit] = ()) -> torch.Tensor:
-        """HF's `output_hidden_states` of one forward over `tokens`, with `edits` (positions "all")
-        applied: [L+1, n, D]; entry L+1 is the stream after decoder layer L (the last one normed)."""
+        """The residual stream of one forward over `tokens`: [L+1, n, D], entry L+1 = after decoder layer L.
+
+        Unedited: HF's own `output_hidden_states` (the last entry normed). With `edits` (positions "all"):
+        HF records a layer's output before forward hooks run, so the edited stream (what the next layer
+        reads) is recorded by a hook registered after the edits."""
         phase = {"now": "prompt"}
         handles = [handle for edit in edits for handle in self._install(edit, phase)]
+        recorded: dict[int, torch.Tensor] = {}
+        if edits:
+            for index, layer in enumerate(_get(self.model, self.layers_path)):
+                handles.append(layer.register_forward_hook(
+                    lambda module, args, output, index=index: recorded.__setitem__(
+                        index, output[0] if isinstance(output, tuple) else output)))
         try:
             out = self.model(torch.tensor([tokens]), output_hidden_states=True)
         finally:
             for handle in handles:
                 handle.remove()
-        return torch.stack(out.hidden_states)[:, 0]
+        states = list(out.hidden_states)
+        for index, stream in recorded.items():
+            states[index + 1] = stream
+        return torch.stack(states)[:, 0]
 
     def _install(self, edit: Edit, phase: dict[str, str]) -> list[Any]:
         active = lambda: edit.positions in ("all", phase["now"])  # noqa: E731

@@ -96,7 +96,7 @@ def check_layers(name: str, rule: Rule, steering: ResolvedSteering) -> Refusal |
 
 
 def check_observe(name: str, rule: Rule, request: dict[str, Any]) -> Refusal | None:
-    """A request's `observe` fields must each be allowed (no observe field exists yet: all refused)."""
+    """A request's `observe` fields (`probes`, `capture`) must each be allowed by the caller's rule."""
     if "observe" not in request:
         return None
     observe = request["observe"]

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 
 from steer_serve.policy.matching import check_pattern
 
-OBSERVE_FIELDS: frozenset[str] = frozenset()  # request `observe` fields this server knows (none yet)
+OBSERVE_FIELDS: frozenset[str] = frozenset({"probes", "capture"})  # request `observe` fields (observe_spec.py)
 RULE_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 RESERVED_NAMES = frozenset({"default", "arms"})
 _KEY_HASH = re.compile(r"[0-9a-f]{64}")

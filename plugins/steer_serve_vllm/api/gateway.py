@@ -81,14 +81,18 @@ class RequestGateway:
         if not isinstance(request, dict):
             return Forward()
         try:
-            observation = self.observe.take(request, path in OBSERVABLE_PATHS) if self.observe else None
+            raw_observe = ObserveGate.pop(request)
             raw = _extract_raw_spec(request, path)
             spec = None if raw is None else parse_steering(raw)
-            steering = self._admit(request, path, headers or {}, spec)
+            as_written = request if raw_observe is None else dict(request, observe=raw_observe)  # for the policy
+            steering = self._admit(as_written, path, headers or {}, spec)
+            if isinstance(steering, Rejection):
+                return steering
+            if raw_observe is not None and self.observe is None:
+                raise SteeringError("this server does not observe requests", "observe")
+            observation = self.observe.resolve(raw_observe, request, path in OBSERVABLE_PATHS) if self.observe else None
         except SteeringError as exc:
             return Rejection(str(exc), exc.param)
-        if isinstance(steering, Rejection):
-            return steering
         assignment = self._assign(request, path, headers or {}, forced=steering is not None)
         if assignment is not None and steering is None:
             steering = assignment.arm.steering  # None for control: the body goes on untouched

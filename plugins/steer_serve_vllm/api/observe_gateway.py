@@ -34,9 +34,14 @@ class ObserveGate:
         self.resolver = resolver
         self.server_probes = server_probes
 
-    def take(self, request: dict[str, Any], observable: bool) -> ResolvedObservation | None:
-        """Pop and resolve the request's `observe` (SteeringError naming the field when wrong)."""
-        raw = _pop_raw(request)
+    @staticmethod
+    def pop(request: dict[str, Any]) -> Any:
+        """Take the raw `observe` object out of the body (top level or vllm_xargs); None if absent."""
+        return _pop_raw(request)
+
+    def resolve(self, raw: Any, request: dict[str, Any], observable: bool) -> ResolvedObservation | None:
+        """Check and resolve a popped `observe` (SteeringError naming the field when wrong), with the
+        server's probes; None when nothing is observed."""
         if raw is None:
             return ResolvedObservation(self.server_probes) if self.server_probes and observable else None
         if not observable:

@@ -39,6 +39,7 @@ callers:
     kinds: [add, ablate]
     vectors: {{allow: ["sha256:{{w_hash}}", v]}}
     max_abs_scale: 8
+    observe: [probes]
 """
 
 
@@ -141,7 +142,22 @@ def test_the_dose_limit_travels_with_the_steering(world) -> None:
     assert [wire_format.decode(p)[1].max_dose for p in payloads] == [0.5, None]
 
 
-def test_observe_fields_are_refused_until_one_exists(world) -> None:
+def test_observe_fields_need_the_rule_also_through_vllm_xargs(world) -> None:
+    from steer_serve.request.observe_spec import ObserveResolver
+    from steer_serve_vllm.api.observe_gateway import ObserveGate
+
+    _, resolver, presets, path = world
+    gateway = RequestGateway(resolver, None, PolicyGate(path, resolver.library, presets, resolver),
+                             ObserveGate(ObserveResolver(SHAPE, resolver.library)))
+    probes = {"probes": [{"name": "p", "vector": "v", "layer": 1}]}
+    assert _allowed(_send(gateway, None, BOB, observe=probes)).observation is not None
+    _refused(_send(gateway, None, ALICE, observe=probes), "default.observe")
+    capture = {"capture": {"layers": [1], "positions": "last"}}
+    _refused(_send(gateway, None, BOB, observe=capture), "bob.observe")
+    _refused(_send(gateway, None, BOB, vllm_xargs={"observe": json.dumps(capture)}), "bob.observe")
+
+
+def test_unknown_observe_fields_are_refused(world) -> None:
     gateway = _gateway(world)
     _refused(_send(gateway, None, BOB, observe={"residual": [3]}), "bob.observe")
     _refused(_send(gateway, _add("v"), ALICE, observe=True), "default.observe")

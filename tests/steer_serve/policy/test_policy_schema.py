@@ -67,7 +67,7 @@ arms: {{kinds: [add, ablate]}}
     ("default: {max_abs_scale: .inf}", "default.max_abs_scale"),
     ("default: {max_interventions: 0}", "default.max_interventions"),
     ("default: {layers: ['6-']}", "default.layers"),
-    ("default: {observe: [residual]}", "unknown observe field 'residual' (this server knows: none yet)"),
+    ("default: {observe: [residual]}", "unknown observe field 'residual' (this server knows: capture, probes)"),
     ("callers: {}", "default: Field required"),
     ("default: {}\ncallers: {bob: {}}", "callers.bob.keys_sha256: Field required"),
     ("default: {}\ncallers: {bob: {keys_sha256: [my-secret-key]}}", "write the hash of the key, never the key itself"),
