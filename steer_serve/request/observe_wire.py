@@ -57,6 +57,8 @@ def decode(payload: str) -> tuple[str, ResolvedObservation]:
 
 def response_object(result: dict[str, Any]) -> dict[str, Any]:
     """The public `observe` object from a worker's result (see the README for the shape)."""
+    if "error" in result:
+        return {"error": result["error"]}
     first, computed = int(result["first_position"]), int(result["num_computed_tokens"])
     probes = []
     for probe in result["probes"]:
@@ -80,6 +82,8 @@ def response_object(result: dict[str, Any]) -> dict[str, Any]:
 def probe_means(result: dict[str, Any]) -> dict[str, float]:
     """Mean projection over the computed positions (prefix-cache hits have none) of each server probe
     (report=False) -> /metrics."""
+    if "error" in result:
+        return {}
     first, computed = int(result["first_position"]), int(result["num_computed_tokens"])
     means = {}
     for probe in result["probes"]:

@@ -85,6 +85,11 @@ class Observer:
             return
         if req_id in self._live:
             return
+        if self.lanes.num_live >= self.lanes.capacity:  # preempted requests keep theirs: never raise in a worker
+            logger.error("steer-serve: no free observation lane for request %s", req_id)
+            self._hold(observation_id, {"status": "done", "error": f"all {self.lanes.capacity} observation lanes "
+                                        "were taken (preempted requests hold theirs); retry the request"})
+            return
         lane = self.lanes.acquire(req_id)
         self._load(lane, observation)
         self._live[req_id] = _Live(observation_id, observation, lane, num_prompt)
@@ -107,7 +112,10 @@ class Observer:
         if live is None:
             return
         self.lanes.release(req_id)
-        self._held[live.observation_id] = self._result(live)
+        self._hold(live.observation_id, self._result(live))
+
+    def _hold(self, observation_id: str, result: dict[str, Any]) -> None:
+        self._held[observation_id] = result
         while len(self._held) > self.max_held:
             dropped, _ = self._held.popitem(last=False)
             logger.warning("steer-serve: observation %s dropped unfetched (more than %d held)", dropped, self.max_held)

@@ -91,3 +91,12 @@ def test_lanes_are_reused_without_stale_values_and_held_results_are_bounded() ->
     response = observe_wire.response_object(observer.take("o3"))
     np.testing.assert_allclose(response["probes"][0]["projection"],
                                [streams[("r3", p, 0)] @ _unit(3) for p in range(2)], atol=1e-5)
+
+
+def test_no_free_lane_is_an_explicit_error_not_a_crash() -> None:
+    observer = Observer(L, D, max_reqs=1, max_tokens=8, max_len=8, device=torch.device("cpu"), dtype=torch.float32)
+    observation = ResolvedObservation((Probe("p", 0, _unit(0)),))
+    observer.add_request("a", _payload(observation, "o1"), num_prompt=2)
+    observer.add_request("b", _payload(observation, "o2"), num_prompt=2)
+    assert "lanes were taken" in observe_wire.response_object(observer.take("o2"))["error"]
+    assert observer.num_live == 1
