@@ -158,12 +158,20 @@ def render(example: Example, tokenizer: PreTrainedTokenizerBase) -> str:
     )
 
 
-def token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
-    """(1, seq) ids of an already rendered text; special tokens come from the template only."""
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    if ids.shape[1] == 0:
+def token_id_list(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """The ids of an already rendered text; special tokens come from the template only. The server
+    path sends these very ids, so both paths read the same tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
         raise ValueError(f"text tokenises to nothing: {text!r}")
-    return ids
+    return list(ids)
+
+
+def token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
+    """(1, seq) ids of an already rendered text, as a tensor for the HF model."""
+    import torch
+
+    return torch.tensor([token_id_list(tokenizer, text)])
 
 
 def load_model(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
