@@ -105,6 +105,10 @@ def parse_observation(body: dict[str, Any]) -> Observation:
         found = body["steer_serve"]["observe"]
     except (KeyError, TypeError) as exc:
         raise ObservationError("response has no steer_serve.observe object (did the request ask for observe?)") from exc
+    if found is None:
+        raise ObservationError("the server returned no observation (steer_serve.observe is null)")
+    if isinstance(found, dict) and set(found) == {"error"}:
+        raise ObservationError(f"the server could not observe this request: {found['error']}")
     try:
         return Observation.model_validate(found)
     except ValidationError as exc:

@@ -75,9 +75,14 @@ def test_malformed_observation_names_the_field(observe: dict, message: str) -> N
         parse_observation(_body(**observe))
 
 
-def test_missing_observation_is_an_error() -> None:
+def test_missing_or_failed_observation_is_an_error() -> None:
     with pytest.raises(ObservationError, match="no steer_serve.observe"):
         parse_observation({"id": "x", "choices": [{"text": "hi"}]})
+    with pytest.raises(ObservationError, match="observe is null"):
+        parse_observation({"steer_serve": {"observe": None}})
+    failed = {"steer_serve": {"observe": {"error": "the observation could not be fetched: timeout"}}}
+    with pytest.raises(ObservationError, match="could not observe this request: the observation could not be fetched"):
+        parse_observation(failed)
 
 
 def test_stream_observation_comes_from_the_steer_serve_chunk() -> None:
