@@ -125,8 +125,11 @@ def parse_layers(text: str) -> list[int]:
 
 
 def _run_extract(args: argparse.Namespace, passthrough: list[str]) -> int:
+    from functools import partial
+
     from steer_serve.tools.extraction import extract_to_file
     from steer_serve.tools.observe_client import ObserveClient, ServerError
+    from steer_serve.tools.server_extraction import extract_via_server
 
     if (args.method == "mean_centred") != (args.neutral is not None):
         print("steer-serve: --neutral is required with --method mean_centred and only used by it", file=sys.stderr)
@@ -136,13 +139,13 @@ def _run_extract(args: argparse.Namespace, passthrough: list[str]) -> int:
         model = _local_model(args.model, server)
         vector = extract_to_file(model, Path(args.pairs), parse_layers(args.layers), Path(args.out), args.position,
                                  method=args.method, neutral_path=Path(args.neutral) if args.neutral else None,
-                                 server=server)
+                                 extractor=partial(extract_via_server, server) if server else None)
     except (ServerError, ValueError) as exc:
         print(f"steer-serve: {exc}", file=sys.stderr)
         return 2
     finally:
         if server is not None:
-            server.http.close()
+            server.close()
     print(f"wrote {args.out}: layers {vector.layers}, dim {vector.dim}, sha256 {vector.content_sha256()}")
     return 0
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -37,9 +36,6 @@ from steer_serve.tools.activations import (
 from steer_serve.tools.extraction_methods import difference_of_means, mean_centred, pca_of_differences
 from steer_serve.library.steering_vector import SteeringVector
 from steer_serve.library.vector_formats import write_vector
-
-if TYPE_CHECKING:
-    from steer_serve.tools.observe_client import ObserveClient
 
 METHODS: tuple[str, ...] = ("diff_means", "mean_centred", "pca")
 # The name written into the vector's metadata (difference_of_means predates the other methods).
@@ -149,19 +145,15 @@ def extract_to_file(
     *,
     method: str = "diff_means",
     neutral_path: Path | None = None,
-    server: ObserveClient | None = None,
+    extractor: Callable[..., SteeringVector] | None = None,
 ) -> SteeringVector:
-    """Load the datasets, extract (on the HF model, or on `server`'s capture with `model_dir`'s
-    tokenizer), and write the vector (.safetensors or .gguf by suffix)."""
+    """Load the datasets, extract, and write the vector (.safetensors or .gguf by suffix). `extractor`
+    takes `extract`'s arguments; by default `extract` itself (the HF model in `model_dir`), or e.g.
+    `partial(extract_via_server, client)` to read the activations from a running server."""
     pairs = load_pairs(pairs_path)
     neutral = load_texts(neutral_path) if neutral_path is not None else None
-    options = dict(method=method, neutral=neutral, source=pairs_path, neutral_source=neutral_path)
-    if server is None:
-        vector = extract(model_dir, pairs, layers, position, **options)
-    else:
-        from steer_serve.tools.server_extraction import extract_via_server
-
-        vector = extract_via_server(server, model_dir, pairs, layers, position, **options)
+    vector = (extractor or extract)(model_dir, pairs, layers, position, method=method, neutral=neutral,
+                                    source=pairs_path, neutral_source=neutral_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_vector(vector, out_path)
     return vector
