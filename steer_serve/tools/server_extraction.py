@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from steer_serve.library.steering_vector import SteeringVector
+from steer_serve.request.observe_spec import CAPTURE_CAP, MAX_CAPTURE_LAYERS  # the server's limits per request
 from steer_serve.tools.activations import ContrastivePair, Example, TextExample, render, token_id_list, validate_layers
 from steer_serve.tools.extraction import build_vector, check_datasets
 from steer_serve.tools.observe_client import ObserveClient
 
-MAX_CAPTURE_LAYERS = 8  # the server's limit on capture.layers per request
-CAPTURE_CAP = 1024  # the server's limit on captured vectors (layers x positions) per request
 
 
 def capture_requests(num_tokens: int, layers: list[int], position: str) -> list[tuple[list[int], list[int]]]:

@@ -26,7 +26,8 @@ from steer_serve.library.vector_formats import read_vector
 from steer_serve.tools.activations import ContrastivePair, TextExample
 from steer_serve.tools.extraction import extract, extract_to_file
 from steer_serve.tools.observe_client import ObserveClient
-from steer_serve.tools.server_extraction import CAPTURE_CAP, MAX_CAPTURE_LAYERS, capture_requests, extract_via_server
+from steer_serve.request.observe_spec import CAPTURE_CAP, MAX_CAPTURE_LAYERS
+from steer_serve.tools.server_extraction import capture_requests, extract_via_server
 
 LAYERS = [0, 1, 2]  # the tiny model has 4; the last layer's hidden_states entry is post-norm
 PAIRS = [
