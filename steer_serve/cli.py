@@ -290,8 +290,10 @@ def _run_observe_trace(args: argparse.Namespace, passthrough: list[str]) -> int:
 
             with ObserveClient(args.server, api_key=args.api_key) as client:
                 tokenizer = AutoTokenizer.from_pretrained(_local_model(args.model, client))
+                steering = json.loads(args.steering) if args.steering else None
                 trace = probe_prompt(client, tokenizer, args.prompt, [parse_probe(p) for p in args.probe],
-                                     chat=args.chat, max_tokens=args.max_tokens, cosine=args.cosine)
+                                     chat=args.chat, max_tokens=args.max_tokens, cosine=args.cosine,
+                                     steering=steering)
         plot_trace(trace.observation, Path(args.out), trace.tokens, title=args.title or "")
     except (ServerError, ObservationError, ValueError, OSError) as exc:
         print(f"steer-serve: {exc}", file=sys.stderr)
@@ -441,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--chat", action="store_true", help="send the prompt as a user turn through the chat template")
     trace.add_argument("--max-tokens", type=int, default=16, help="tokens to generate (greedy); they are probed too")
     trace.add_argument("--cosine", action="store_true", help="also draw the cosine similarity")
+    trace.add_argument("--steering", default=None,
+                       help='a `steering` object (JSON) for the same request, e.g. '
+                            '\'{"interventions": [{"type": "add", "vector": "gloomy", "scale": 0.6}]}\'; the probes see its edits')
     trace.add_argument("--model", default=None,
                        help="local model directory for the tokenizer (default: the server's, else the default model)")
     trace.add_argument("--response", default=None, help="draw a saved response body (JSON) instead of asking a server")

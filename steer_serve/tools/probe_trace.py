@@ -56,12 +56,14 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, chat: bool) -> l
 
 
 def probe_prompt(client: ObserveClient, tokenizer: PreTrainedTokenizerBase, prompt: str, probes: list[dict[str, Any]],
-                 *, chat: bool, max_tokens: int, cosine: bool) -> Trace:
-    """Greedy completion of `prompt` with `probes`; token text for every observed position."""
+                 *, chat: bool, max_tokens: int, cosine: bool, steering: dict[str, Any] | None = None) -> Trace:
+    """Greedy completion of `prompt` with `probes` (and `steering`, whose edits the probes see);
+    token text for every observed position."""
     ids = prompt_ids(tokenizer, prompt, chat)
     observe = {"probes": [probe | {"cosine": cosine} for probe in probes]}
+    extra = {"steering": steering} if steering is not None else {}
     body, observation = client.complete(ids, observe, max_tokens=max_tokens, logprobs=0,
-                                        return_tokens_as_token_ids=True)
+                                        return_tokens_as_token_ids=True, **extra)
     generated = [int(t.removeprefix("token_id:")) for t in body["choices"][0]["logprobs"]["tokens"]]
     every = ids + generated
     return Trace(observation, [tokenizer.decode([every[p]]) for p in observation.positions], body)
@@ -69,7 +71,8 @@ def probe_prompt(client: ObserveClient, tokenizer: PreTrainedTokenizerBase, prom
 
 def plot_trace(observation: Observation, out: Path, tokens: list[str] | None = None, title: str = "") -> Path:
     """One panel per probe: projection per position (cosine dashed on a right axis when present);
-    generated positions shaded."""
+    generated positions shaded. Far outliers (the first token's attention-sink activation is often
+    10x the rest) are drawn at the panel's edge with their value, so they do not flatten the trace."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,26 +82,46 @@ def plot_trace(observation: Observation, out: Path, tokens: list[str] | None = N
         raise ValueError("the observation has no probes to plot")
     positions = observation.positions
     width = min(24.0, max(8.0, 0.22 * len(positions)))
-    figure, axes = plt.subplots(len(observation.probes), 1, figsize=(width, 2.8 * len(observation.probes) + 1.2),
+    figure, axes = plt.subplots(len(observation.probes), 1, figsize=(width, 2.8 * len(observation.probes) + 1.4),
                                 sharex=True, squeeze=False)
+    legend: dict[str, Any] = {}
     for axis, probe in zip(axes[:, 0], observation.probes):
-        axis.plot(positions, probe.projection, marker=".", color="tab:blue", label="projection")
-        axis.axhline(0.0, color="grey", linewidth=0.6)
-        axis.axvspan(observation.num_prompt_tokens - 0.5, max(positions[-1], observation.num_prompt_tokens) + 0.5,
-                     color="tab:orange", alpha=0.12, label="generated")
+        _draw_probe(axis, positions, probe.projection, observation.num_prompt_tokens)
         axis.set_ylabel(f"{probe.name}\n(layer {probe.layer})")
         if probe.cosine is not None:
             twin = axis.twinx()
             twin.plot(positions, probe.cosine, linestyle="--", color="tab:green", label="cosine")
             twin.set_ylabel("cosine")
-        axis.legend(loc="upper left", fontsize="small")
+            legend |= dict(zip(*reversed(twin.get_legend_handles_labels())))
+        legend |= dict(zip(*reversed(axis.get_legend_handles_labels())))
+    figure.legend(handles=list(legend.values()), labels=list(legend), loc="upper right", ncol=len(legend),
+                  fontsize="small")
     bottom = axes[-1, 0]
     if tokens is not None and len(positions) <= MAX_TICK_LABELS:
         bottom.set_xticks(positions, [repr(t)[1:-1] for t in tokens], rotation=90, fontsize="small")
     bottom.set_xlabel("token position (prompt, then generated)")
-    figure.suptitle(title or "probe projection per token")
+    figure.suptitle(title or "probe projection per token", x=0.02, ha="left")
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
     plt.close(figure)
     return out
+
+
+def _draw_probe(axis: Any, positions: list[int], values: list[float], num_prompt_tokens: int) -> None:
+    import numpy as np
+
+    axis.plot(positions, values, marker=".", color="tab:blue", label="projection")
+    axis.axhline(0.0, color="grey", linewidth=0.6)
+    axis.axvspan(num_prompt_tokens - 0.5, max(positions[-1], num_prompt_tokens) + 0.5,
+                 color="tab:orange", alpha=0.12, label="generated")
+    low, high = np.percentile(values, [2, 98])
+    span = max(high - low, 1e-6)
+    bottom, top = low - 0.5 * span, high + 0.5 * span
+    for position, value in zip(positions, values):
+        if not bottom <= value <= top:
+            edge = top if value > top else bottom
+            axis.annotate(f"{value:.4g}", (position, edge), xytext=(4, -10 if value > top else 4),
+                          textcoords="offset points", fontsize="x-small", color="tab:red")
+            axis.plot([position], [edge], marker="^" if value > top else "v", color="tab:red")
+    axis.set_ylim(bottom, top)

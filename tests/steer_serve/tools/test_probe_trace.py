@@ -61,3 +61,20 @@ def test_trace_command_draws_a_saved_response(tmp_path: Path, capsys: pytest.Cap
     assert main(["observe", "trace", "--response", str(saved), "--out", str(out)]) == 2
     assert "no steer_serve.observe" in capsys.readouterr().err
     assert main(["observe", "trace", "--out", str(out)]) == 2
+
+
+def test_a_far_outlier_is_drawn_at_the_edge_with_its_value() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from steer_serve.tools.probe_trace import _draw_probe
+
+    values = [-168.8] + [-20.0 + (p % 5) for p in range(1, 40)]  # an attention-sink first token
+    figure, axis = plt.subplots()
+    _draw_probe(axis, list(range(40)), values, 30)
+    bottom, top = axis.get_ylim()
+    assert bottom > -60 and top < 0  # the trace keeps its scale
+    assert [t.get_text() for t in axis.texts] == ["-168.8"]
+    plt.close(figure)
