@@ -115,9 +115,10 @@ def _draw_probe(axis: Any, positions: list[int], values: list[float], num_prompt
     axis.axhline(0.0, color="grey", linewidth=0.6)
     axis.axvspan(num_prompt_tokens - 0.5, max(positions[-1], num_prompt_tokens) + 0.5,
                  color="tab:orange", alpha=0.12, label="generated")
-    low, high = np.percentile(values, [2, 98])
-    span = max(high - low, 1e-6)
-    bottom, top = low - 0.5 * span, high + 0.5 * span
+    q1, q3 = np.percentile(values, [25, 75])  # Tukey's far-out fences: 3 interquartile ranges
+    low, high = max(min(values), q1 - 3 * (q3 - q1)), min(max(values), q3 + 3 * (q3 - q1))
+    pad = 0.05 * max(high - low, 1e-6)
+    bottom, top = low - pad, high + pad
     for position, value in zip(positions, values):
         if not bottom <= value <= top:
             edge = top if value > top else bottom
