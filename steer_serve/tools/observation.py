@@ -24,6 +24,11 @@ class ObservationError(ValueError):
     """A response whose observation is missing or malformed; the message names the field."""
 
 
+class ObservationUnavailable(ObservationError):
+    """The server answered but could not observe this request (e.g. all observation lanes were taken):
+    worth another try, unlike a malformed object."""
+
+
 class ProbeTrace(BaseModel):
     """One probe's per-position values: projection on the unit direction (and cosine if asked)."""
 
@@ -108,7 +113,7 @@ def parse_observation(body: dict[str, Any]) -> Observation:
     if found is None:
         raise ObservationError("the server returned no observation (steer_serve.observe is null)")
     if isinstance(found, dict) and set(found) == {"error"}:
-        raise ObservationError(f"the server could not observe this request: {found['error']}")
+        raise ObservationUnavailable(f"the server could not observe this request: {found['error']}")
     try:
         return Observation.model_validate(found)
     except ValidationError as exc:

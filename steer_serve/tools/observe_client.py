@@ -3,7 +3,8 @@
 Prompts go to `/v1/completions` as token ids, so the server computes exactly the tokens the caller
 rendered (no second tokenisation on the server). Transient failures (connection errors, timeouts,
 429 and 5xx) are retried with exponential backoff; a 4xx is the server naming a bad field and is
-raised at once. `map` runs calls on a bounded thread pool, results in input order.
+raised at once. An answer whose observation could not be made (all of the server's observation
+lanes taken) is asked again too. `map` runs calls on a bounded thread pool, results in input order.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from steer_serve.tools.observation import Observation, parse_observation
+from steer_serve.tools.observation import Observation, ObservationUnavailable, parse_observation
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 T = TypeVar("T")
@@ -107,8 +108,15 @@ class ObserveClient:
         """A greedy completion of `prompt` (token ids) with `observe`; the body and its observation."""
         body = {"model": self.served_model().id, "prompt": prompt, "max_tokens": max_tokens,
                 "temperature": 0.0, "observe": observe, **fields}
-        answer = self.request("POST", "/v1/completions", json=body).json()
-        return answer, parse_observation(answer)
+        for attempt in range(self.retries + 1):
+            answer = self.request("POST", "/v1/completions", json=body).json()
+            try:
+                return answer, parse_observation(answer)
+            except ObservationUnavailable:
+                if attempt == self.retries:
+                    raise
+            time.sleep(self.backoff_s * 2**attempt)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def map(self, call: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """`call` on every item, at most `concurrency` at a time, results in input order."""

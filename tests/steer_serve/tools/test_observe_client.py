@@ -10,6 +10,7 @@ import json
 import httpx
 import pytest
 
+from steer_serve.tools.observation import ObservationUnavailable
 from steer_serve.tools.observe_client import ObserveClient, ServerError
 
 MODELS = {"data": [{"id": "tiny", "root": "/models/tiny"}]}
@@ -74,3 +75,14 @@ def test_map_keeps_input_order_with_bounded_concurrency() -> None:
         assert client.map(lambda x: x * x, range(10)) == [x * x for x in range(10)]
     with pytest.raises(ValueError, match="concurrency"):
         ObserveClient("http://server", concurrency=0)
+
+
+def test_an_observation_the_server_could_not_make_is_asked_again() -> None:
+    seen: list[httpx.Request] = []
+    busy = {"choices": [], "steer_serve": {"observe": {"error": "all 33 observation lanes were taken"}}}
+    fine = {"choices": [], "steer_serve": {"observe": {"num_prompt_tokens": 1, "positions": [0]}}}
+    with _client([httpx.Response(200, json=busy), httpx.Response(200, json=fine)], seen, retries=1) as client:
+        assert client.complete([5], {"capture": {"layers": [0], "positions": "last"}})[1].positions == [0]
+    with _client([httpx.Response(200, json=busy)] * 2, seen, retries=1) as client:
+        with pytest.raises(ObservationUnavailable, match="lanes were taken"):
+            client.complete([5], {"capture": {"layers": [0], "positions": "last"}})
