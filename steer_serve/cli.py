@@ -1,5 +1,5 @@
-"""`steer-serve` command line: serve (vLLM's OpenAI server with the plugin), extract, experts, evaluate,
-ab report, default-model."""
+"""`steer-serve` command line: serve (vLLM's OpenAI server with the plugin), extract (HF or --server),
+experts, evaluate, ab report, observe trace, default-model."""
 
 from __future__ import annotations
 
@@ -301,7 +301,7 @@ def _run_observe_trace(args: argparse.Namespace, passthrough: list[str]) -> int:
     if args.save_json:
         Path(args.save_json).write_text(json.dumps(trace.body, indent=1))
     for probe in trace.observation.probes:
-        values = probe.projection
+        values = probe.projection or [float("nan")]
         print(f"{probe.name} (layer {probe.layer}): {len(values)} positions, mean {sum(values) / len(values):+.4f}, "
               f"min {min(values):+.4f}, max {max(values):+.4f}")
     print(f"wrote {args.out}", file=sys.stderr)
