@@ -1,5 +1,5 @@
-"""`steer-serve` command line: serve (vLLM's OpenAI server with the plugin), extract, experts, evaluate,
-ab report, default-model."""
+"""`steer-serve` command line: serve (vLLM's OpenAI server with the plugin), extract (HF or --server),
+experts, evaluate, ab report, observe trace, default-model."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from steer_serve_vllm.names import VLLM_PLUGINS  # a vLLM-free module: the names
 
 if TYPE_CHECKING:  # imported late at run time: `serve` must stay light
     from steer_serve.experiments.store import ExperimentStore
+    from steer_serve.tools.observe_client import ObserveClient
 
 _VLLM_ENTRY = "vllm.entrypoints.launchers.api_server.entry"
 _MULTI_API_ENTRY = "steer_serve_vllm.api.multi_api_entry"  # vLLM's `serve` path: the only one that honours --api-server-count
@@ -128,16 +129,39 @@ def parse_layers(text: str) -> list[int]:
 
 
 def _run_extract(args: argparse.Namespace, passthrough: list[str]) -> int:
+    from functools import partial
+
     from steer_serve.tools.extraction import extract_to_file
+    from steer_serve.tools.observe_client import ObserveClient, ServerError
+    from steer_serve.tools.server_extraction import extract_via_server
 
     if (args.method == "mean_centred") != (args.neutral is not None):
         print("steer-serve: --neutral is required with --method mean_centred and only used by it", file=sys.stderr)
         return 2
-    model = Path(args.model) if args.model else default_model_dir()
-    vector = extract_to_file(model, Path(args.pairs), parse_layers(args.layers), Path(args.out), args.position,
-                             method=args.method, neutral_path=Path(args.neutral) if args.neutral else None)
+    server = ObserveClient(args.server, api_key=args.api_key, concurrency=args.concurrency) if args.server else None
+    try:
+        model = _local_model(args.model, server)
+        vector = extract_to_file(model, Path(args.pairs), parse_layers(args.layers), Path(args.out), args.position,
+                                 method=args.method, neutral_path=Path(args.neutral) if args.neutral else None,
+                                 extractor=partial(extract_via_server, server) if server else None)
+    except (ServerError, ValueError) as exc:
+        print(f"steer-serve: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if server is not None:
+            server.close()
     print(f"wrote {args.out}: layers {vector.layers}, dim {vector.dim}, sha256 {vector.content_sha256()}")
     return 0
+
+
+def _local_model(model: str | None, server: ObserveClient | None) -> Path:
+    """--model, else the directory the server loaded its model from (when it is on this machine),
+    else the default model: the tokenizer and config the client needs."""
+    if model is not None:
+        return Path(model)
+    if server is not None and Path(server.served_model().root).is_dir():
+        return Path(server.served_model().root)
+    return default_model_dir()
 
 
 def _run_experts(args: argparse.Namespace, passthrough: list[str]) -> int:
@@ -250,6 +274,46 @@ def _run_loadtest(args: argparse.Namespace, passthrough: list[str]) -> int:
     return run(args)
 
 
+def _run_observe_trace(args: argparse.Namespace, passthrough: list[str]) -> int:
+    import json
+
+    from steer_serve.tools.observation import ObservationError, parse_observation
+    from steer_serve.tools.observe_client import ObserveClient, ServerError
+    from steer_serve.tools.probe_trace import Trace, parse_probe, plot_trace, probe_prompt
+
+    if (args.response is None) == (args.server is None):
+        print("steer-serve: give exactly one of --server (probe a prompt now) or --response (a saved body)",
+              file=sys.stderr)
+        return 2
+    try:
+        if args.response is not None:
+            body = json.loads(Path(args.response).read_text())
+            trace = Trace(parse_observation(body), None, body)
+        else:
+            if not args.probe or args.prompt is None:
+                raise ValueError("--server needs --prompt and at least one --probe NAME:VECTOR:LAYER")
+            from transformers import AutoTokenizer
+
+            with ObserveClient(args.server, api_key=args.api_key) as client:
+                tokenizer = AutoTokenizer.from_pretrained(_local_model(args.model, client))
+                steering = json.loads(args.steering) if args.steering else None
+                trace = probe_prompt(client, tokenizer, args.prompt, [parse_probe(p) for p in args.probe],
+                                     chat=args.chat, max_tokens=args.max_tokens, cosine=args.cosine,
+                                     steering=steering)
+        plot_trace(trace.observation, Path(args.out), trace.tokens, title=args.title or "")
+    except (ServerError, ObservationError, ValueError, OSError) as exc:
+        print(f"steer-serve: {exc}", file=sys.stderr)
+        return 2
+    if args.save_json:
+        Path(args.save_json).write_text(json.dumps(trace.body, indent=1))
+    for probe in trace.observation.probes:
+        values = probe.projection or [float("nan")]
+        print(f"{probe.name} (layer {probe.layer}): {len(values)} positions, mean {sum(values) / len(values):+.4f}, "
+              f"min {min(values):+.4f}, max {max(values):+.4f}")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
 def _run_sae_top_features(args: argparse.Namespace, passthrough: list[str]) -> int:
     from steer_serve.settings import REPO_CONFIGS
     from steer_serve.tools.sae_top_features import render_table, sae_from_library, top_features
@@ -308,7 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--layers", required=True, help="decoder layers, e.g. 6-14 or 8,10,12")
     extract.add_argument("--out", required=True, help="output .safetensors or .gguf (name = file stem)")
     extract.add_argument("--position", choices=["last", "mean"], default="last", help="token position(s) read")
-    extract.add_argument("--model", default=None, help=f"HF model directory (default: {DEFAULT_MODEL_NAME})")
+    extract.add_argument("--model", default=None,
+                         help=f"HF model directory (default: the server's model directory if local, else {DEFAULT_MODEL_NAME}); "
+                              "with --server only its tokenizer, chat template and config are read")
+    extract.add_argument("--server", default=None,
+                         help="URL of a running steer-serve: read activations through its observe.capture instead of "
+                              "running the HF model here")
+    extract.add_argument("--api-key", default=None, help="bearer key for --server")
+    extract.add_argument("--concurrency", type=int, default=4, help="requests in flight at once with --server")
     extract.set_defaults(handler=_run_extract)
 
     experts = commands.add_parser("experts", help="MoE: rank experts by routing frequency (behaviour - neutral), write a preset")
@@ -370,6 +441,29 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--sae-dir", default=None, help="SAE library (default: configs/saes)")
     top.add_argument("--model", default=None, help=f"HF model directory (default: {DEFAULT_MODEL_NAME})")
     top.set_defaults(handler=_run_sae_top_features)
+
+    observe = commands.add_parser("observe", help="per-request observation of the residual stream on a running server")
+    observe_commands = observe.add_subparsers(dest="observe_command", required=True)
+    trace = observe_commands.add_parser("trace", help="per-token probe projections of one prompt, drawn as a PNG")
+    trace.add_argument("--server", default=None, help="URL of a running steer-serve")
+    trace.add_argument("--api-key", default=None, help="bearer key for --server")
+    trace.add_argument("--probe", action="append", default=[],
+                       help="NAME:VECTOR:LAYER (repeatable); VECTOR = a library name on the server or a local "
+                            ".safetensors/.gguf file")
+    trace.add_argument("--prompt", default=None, help="the prompt text")
+    trace.add_argument("--chat", action="store_true", help="send the prompt as a user turn through the chat template")
+    trace.add_argument("--max-tokens", type=int, default=16, help="tokens to generate (greedy); they are probed too")
+    trace.add_argument("--cosine", action="store_true", help="also draw the cosine similarity")
+    trace.add_argument("--steering", default=None,
+                       help='a `steering` object (JSON) for the same request, e.g. '
+                            '\'{"interventions": [{"type": "add", "vector": "gloomy", "scale": 0.6}]}\'; the probes see its edits')
+    trace.add_argument("--model", default=None,
+                       help="local model directory for the tokenizer (default: the server's, else the default model)")
+    trace.add_argument("--response", default=None, help="draw a saved response body (JSON) instead of asking a server")
+    trace.add_argument("--save-json", default=None, help="also write the response body here")
+    trace.add_argument("--title", default=None, help="figure title")
+    trace.add_argument("--out", required=True, help="PNG to write")
+    trace.set_defaults(handler=_run_observe_trace)
 
     model = commands.add_parser("default-model", help="convert (once) and print the default model directory")
     model.set_defaults(handler=_run_default_model)

@@ -99,6 +99,10 @@ class TextExample(BaseModel):
         return self.text if self.text is not None else self.messages  # type: ignore[return-value]
 
 
+# One example as a dataset holds it: a plain text, or a chat rendered by the model's template.
+Example = str | list[ChatMessage]
+
+
 def _load_jsonl(path: Path, model: type[BaseModel], what: str) -> list[Any]:
     items: list[Any] = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
@@ -135,7 +139,7 @@ def items_digest(items: Sequence[BaseModel]) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def render(example: str | list[ChatMessage], tokenizer: PreTrainedTokenizerBase) -> str:
+def render(example: Example, tokenizer: PreTrainedTokenizerBase) -> str:
     """Turn one example into the exact text the model reads.
 
     A chat that ends with an assistant turn is left open (`continue_final_message`), so the
@@ -154,12 +158,20 @@ def render(example: str | list[ChatMessage], tokenizer: PreTrainedTokenizerBase)
     )
 
 
-def token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
-    """(1, seq) ids of an already rendered text; special tokens come from the template only."""
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
-    if ids.shape[1] == 0:
+def token_id_list(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """The ids of an already rendered text; special tokens come from the template only. The server
+    path sends these very ids, so both paths read the same tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
         raise ValueError(f"text tokenises to nothing: {text!r}")
-    return ids
+    return list(ids)
+
+
+def token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> torch.Tensor:
+    """(1, seq) ids of an already rendered text, as a tensor for the HF model."""
+    import torch
+
+    return torch.tensor([token_id_list(tokenizer, text)])
 
 
 def load_model(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -14,13 +14,14 @@ No training and no randomness, so a vector can be rebuilt byte-for-byte from its
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from steer_serve.tools.activations import (
     ContrastivePair,
+    Example,
     TextExample,
     collect_activations,
     decoder_layers,
@@ -41,19 +42,13 @@ METHODS: tuple[str, ...] = ("diff_means", "mean_centred", "pca")
 METHOD_LABELS = {"diff_means": "difference_of_means", "mean_centred": "mean_centred", "pca": "pca_of_differences"}
 
 
-def extract(
-    model_dir: Path,
-    pairs: Sequence[ContrastivePair],
-    layers: list[int],
-    position: str = "last",
-    *,
-    method: str = "diff_means",
-    neutral: Sequence[TextExample] | None = None,
-    source: Path | None = None,
-    neutral_source: Path | None = None,
-) -> SteeringVector:
-    """One direction per layer by `method`; `source`/`neutral_source` are the dataset files
-    (name and sha256 go into the metadata). Metadata holds no timestamps."""
+# Examples (texts or chats, dataset order) -> per layer a float64 (len(examples), hidden) matrix of
+# reduced activations. The HF path reads them from hooks, the server path from `observe.capture`.
+Collector = Callable[[Sequence[Example]], dict[int, np.ndarray]]
+
+
+def check_datasets(pairs: Sequence[ContrastivePair], method: str, neutral: Sequence[TextExample] | None) -> None:
+    """The method/dataset combinations every path refuses before reading any activation."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not pairs:
@@ -62,24 +57,43 @@ def extract(
         raise ValueError("a neutral set is required for mean_centred and only used by it")
     if neutral is not None and not neutral:
         raise ValueError("the neutral set is empty")
-    model, tokenizer = load_model(model_dir)
-    chosen = validate_layers(layers, position, len(decoder_layers(model)))
 
-    def activations(examples: Sequence) -> dict[int, np.ndarray]:
-        return collect_activations(model, tokenizer, [render(e, tokenizer) for e in examples], chosen, position)
 
-    positive = activations([p.side(True) for p in pairs])
+def directions_from_activations(
+    collect: Collector, pairs: Sequence[ContrastivePair], layers: list[int], method: str,
+    neutral: Sequence[TextExample] | None,
+) -> dict[int, np.ndarray]:
+    """One float64 direction per layer by `method`, whatever produced the activations."""
+    positive = collect([p.side(True) for p in pairs])
     if method == "mean_centred":
-        reference = activations([n.content for n in neutral or ()])
-        directions = {layer: mean_centred(positive[layer], reference[layer]) for layer in chosen}
-    else:
-        negative = activations([p.side(False) for p in pairs])
-        statistic = difference_of_means if method == "diff_means" else pca_of_differences
-        directions = {layer: statistic(positive[layer], negative[layer]) for layer in chosen}
+        reference = collect([n.content for n in neutral or ()])
+        return {layer: mean_centred(positive[layer], reference[layer]) for layer in layers}
+    negative = collect([p.side(False) for p in pairs])
+    statistic = difference_of_means if method == "diff_means" else pca_of_differences
+    return {layer: statistic(positive[layer], negative[layer]) for layer in layers}
+
+
+def build_vector(
+    collect: Collector,
+    pairs: Sequence[ContrastivePair],
+    layers: list[int],
+    position: str,
+    *,
+    model_name: str,
+    hidden_size: int,
+    method: str = "diff_means",
+    neutral: Sequence[TextExample] | None = None,
+    source: Path | None = None,
+    neutral_source: Path | None = None,
+) -> SteeringVector:
+    """The steering vector of `method` from already validated `layers`, shared by the HF and server paths
+    (same statistic, same metadata, so both write the same file for the same activations)."""
+    check_datasets(pairs, method, neutral)
+    directions = directions_from_activations(collect, pairs, layers, method, neutral)
     metadata = {
-        "model": Path(model_dir).name,
-        "hidden_size": str(model.config.hidden_size),
-        "layers": ",".join(map(str, chosen)),
+        "model": model_name,
+        "hidden_size": str(hidden_size),
+        "layers": ",".join(map(str, layers)),
         "method": METHOD_LABELS[method],
         "position": position,
         "dataset": source.name if source is not None else "<in-memory>",
@@ -97,6 +111,31 @@ def extract(
     )
 
 
+def extract(
+    model_dir: Path,
+    pairs: Sequence[ContrastivePair],
+    layers: list[int],
+    position: str = "last",
+    *,
+    method: str = "diff_means",
+    neutral: Sequence[TextExample] | None = None,
+    source: Path | None = None,
+    neutral_source: Path | None = None,
+) -> SteeringVector:
+    """One direction per layer by `method` on the HF model in `model_dir`; `source`/`neutral_source`
+    are the dataset files (name and sha256 go into the metadata). Metadata holds no timestamps."""
+    check_datasets(pairs, method, neutral)
+    model, tokenizer = load_model(model_dir)
+    chosen = validate_layers(layers, position, len(decoder_layers(model)))
+
+    def collect(examples: Sequence[Example]) -> dict[int, np.ndarray]:
+        return collect_activations(model, tokenizer, [render(e, tokenizer) for e in examples], chosen, position)
+
+    return build_vector(collect, pairs, chosen, position, model_name=Path(model_dir).name,
+                        hidden_size=model.config.hidden_size, method=method, neutral=neutral,
+                        source=source, neutral_source=neutral_source)
+
+
 def extract_to_file(
     model_dir: Path,
     pairs_path: Path,
@@ -106,12 +145,15 @@ def extract_to_file(
     *,
     method: str = "diff_means",
     neutral_path: Path | None = None,
+    extractor: Callable[..., SteeringVector] | None = None,
 ) -> SteeringVector:
-    """Load the datasets, extract, and write the vector (.safetensors or .gguf by suffix)."""
+    """Load the datasets, extract, and write the vector (.safetensors or .gguf by suffix). `extractor`
+    takes `extract`'s arguments; by default `extract` itself (the HF model in `model_dir`), or e.g.
+    `partial(extract_via_server, client)` to read the activations from a running server."""
     pairs = load_pairs(pairs_path)
     neutral = load_texts(neutral_path) if neutral_path is not None else None
-    vector = extract(model_dir, pairs, layers, position, method=method, neutral=neutral,
-                     source=pairs_path, neutral_source=neutral_path)
+    vector = (extractor or extract)(model_dir, pairs, layers, position, method=method, neutral=neutral,
+                                    source=pairs_path, neutral_source=neutral_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_vector(vector, out_path)
     return vector

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -61,17 +63,25 @@ def test_recorder_fills_series_per_arm_and_logs_only_experiment_requests(tmp_pat
     assert "secret" not in text and "secret" not in json.dumps(records)
 
 
-def test_grafana_dashboard_only_queries_metrics_we_export() -> None:
+@pytest.mark.parametrize("name", ["steer-serve-experiments.json", "steer-serve-probes.json"])
+def test_grafana_dashboard_only_queries_metrics_and_labels_we_export(name: str) -> None:
     import re
 
     from steer_serve.settings import REPO_CONFIGS
 
-    dashboard = json.loads((REPO_CONFIGS / "grafana" / "steer-serve-experiments.json").read_text())
+    dashboard = json.loads((REPO_CONFIGS / "grafana" / name).read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
-    used = {re.sub(r"_(total|bucket)$", "", name) for e in exprs for name in re.findall(r"steer_serve:[a-z0-9_]+", e)}
-    exported = {value._name for value in vars(metrics).values() if isinstance(value, MetricWrapperBase)}
-    assert used and used <= exported, used - exported
+    exported = {value._name: value for value in vars(metrics).values() if isinstance(value, MetricWrapperBase)}
+    for expr in exprs:
+        used = {re.sub(r"_(total|bucket|sum|count)$", "", m) for m in re.findall(r"steer_serve:[a-z0-9_]+", expr)}
+        assert used and used <= set(exported), used - set(exported)
+        labels = {label for group in re.findall(r"by \(([^)]*)\)", expr) for label in re.split(r",\s*", group)}
+        labels |= set(re.findall(r"([a-z_]+)(?:=~|!=|=)\"", expr))
+        known = {label for metric in used for label in exported[metric]._labelnames} | {"le"}
+        assert labels <= known, (expr, labels - known)
     assert all("arm" in e for e in exprs if "experiment=" in e and "kill" not in e)  # arms side by side
+    # prometheus_client exports no _sum for a histogram with negative buckets: such a panel stays empty
+    assert not any("probe_mean_projection_sum" in e for e in exprs)
 
 
 def test_rejection_reasons_cover_the_newer_intervention_fields() -> None:
