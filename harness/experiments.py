@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,13 @@ from steer_serve.experiments.records import Exposure, Feedback
 from steer_serve.experiments.store import ExperimentStore
 from steer_serve_vllm.api.gateway import RequestGateway
 from steer_serve.request.steering_resolver import SteeringResolver
+
+
+def copy_definitions(source: Path, target: Path) -> Path:
+    """The experiment definitions in `source`, copied to `target` without the store or outbox that
+    another server using `source` writes there (each server must count only its own traffic)."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.jsonl", "*.json", "*.db*", "outbox"))
+    return target
 
 
 def experiment(key: str, arms: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:

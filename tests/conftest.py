@@ -36,9 +36,11 @@ if _WORKER and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
 
 @functools.cache
 def _module_group(module: Path) -> str:
-    """One group per module keeps module-scoped servers single; the modules using the compiled
-    tiny server share a group so that it compiles once."""
-    return "tiny-compiled" if "tiny_compiled_server" in module.read_text() else str(module)
+    """One group per module keeps module-scoped servers single; the modules using the compiled (or
+    the plain-vLLM) tiny server share a group so that it starts once."""
+    text = module.read_text()
+    shared = [name for name in ("tiny_compiled_server", "tiny_plain_server") if name in text]
+    return shared[0] if shared else str(module)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):

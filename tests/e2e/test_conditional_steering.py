@@ -47,10 +47,10 @@ async def _batch(server, steerings: list[dict]) -> list:
                                     agreedy(client, server.model, OTHER, MAX_TOKENS))
 
 
-@pytest.mark.parametrize("server_kind", ["eager", "compiled"])
+@pytest.mark.parametrize("server_fixture", ["tiny_eager_server", "tiny_compiled_server"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_prompts_either_side_of_the_threshold(request, tiny_reference, server_kind, case) -> None:
-    server = request.getfixturevalue(f"tiny_{server_kind}_server")
+def test_prompts_either_side_of_the_threshold(request, tiny_reference, server_fixture, case) -> None:
+    server = request.getfixturevalue(server_fixture)
     c = CASES[case]
     plain = [reference_edit(e) for e in c["plain"]]
     gated = [reference_edit(e) for e in c["gated"]]

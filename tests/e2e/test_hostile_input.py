@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
+from harness.experiments import copy_definitions
 from harness.servers import ADMIN_KEY, Server
 from harness.tiny_models import TINY_HIDDEN
 from steer_serve.library.steering_vector import SteeringVector
@@ -178,8 +179,7 @@ def guarded(request, tiny_llama_dir, tiny_vector_dir, experiments_dir, log_dir, 
     root = tmp_path_factory.mktemp("hostile")
     vectors, presets, experiments = root / "vectors", root / "presets", root / "experiments"
     shutil.copytree(tiny_vector_dir, vectors)  # uploads must never touch the shared fixtures
-    # the definitions only: not the experiment store or outbox another server may be writing
-    shutil.copytree(experiments_dir, experiments, ignore=shutil.ignore_patterns("*.jsonl", "*.json", "*.db*", "outbox"))
+    copy_definitions(experiments_dir, experiments)
     presets.mkdir()
     server = Server(tiny_llama_dir, log_dir, vector_dir=vectors, eager=True, extra_args=[
         "--preset-dir", str(presets), "--experiments", str(experiments),
