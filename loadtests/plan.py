@@ -94,7 +94,7 @@ def observe_section(model_dir: Path, quick: bool) -> Section:
         Variant("probes-2", True, wl.unsteered, observe=wl.probes(model, 2)),
         Variant("capture-last-4L", True, wl.unsteered, observe=wl.capture_last(model, 4)),
     )
-    table = Table("observe-cost", variants, 32, 8 if quick else 64, 64, 8 if quick else 128)
+    table = Table("observe-cost", variants, 32, 8 if quick else 64, 64, 8 if quick else 64)
     return Section("observe-cost", model_dir, model, (table,))
 
 

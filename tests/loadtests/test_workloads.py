@@ -43,4 +43,4 @@ def test_observe_section_measures_each_observe_load_against_plain_vllm() -> None
     assert [table.baseline_of(v) for v in table.variants] == ["plain-vllm"] * 4
     assert not names["plain-vllm"].plugin and names["plain-vllm"].observe(0) is None
     assert names["probes-2"].observe(7)["probes"] and names["capture-last-4L"].observe(7)["capture"]
-    assert (table.concurrency, table.num_requests, table.output_len) == (32, 64, 128)
+    assert (table.concurrency, table.num_requests, table.output_len) == (32, 64, 64)
