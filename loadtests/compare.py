@@ -2,6 +2,7 @@
 
     .venv/bin/python -m loadtests.compare --out loadtests/reports/cpu-default     # full (~25 min on 2 cores)
     .venv/bin/python -m loadtests.compare --quick --out /tmp/smoke               # seconds-scale smoke
+    .venv/bin/python -m loadtests.compare --sections observe --out loadtests/reports/observe-cost  # probes, capture
 
 Variants are interleaved and repeated; the report gives medians with min-max spread and ratios
 against plain vLLM. Every run uses fresh random prompts, so no run profits from another's
@@ -27,7 +28,8 @@ import torch
 from loadtests import workloads as wl
 from loadtests.git_commit import current_commit
 from loadtests.hf_baseline import hf_throughput
-from loadtests.plan import Section, Table, Variant, default_model_section, moe_section, overhead_section
+from loadtests.plan import (Section, Table, Variant, default_model_section, moe_section, observe_section,
+                            overhead_section)
 from loadtests.report import summarise, write_report
 from loadtests.vllm_bench import run_benchmark
 from steer_serve.default_model import default_model_dir
@@ -35,9 +37,9 @@ from harness.servers import Server
 from harness.tiny_models import build_tiny_llama, build_tiny_model
 
 
-def run_section(section: Section, repeats: int, log_dir: Path) -> dict[str, dict]:
+def run_section(section: Section, repeats: int, log_dir: Path, eager: bool = False) -> dict[str, dict]:
     """Both servers up, warmed; every table's variants interleaved, order reversed on odd repeats."""
-    servers = {flag: Server(section.model_dir, log_dir, plugin=flag, eager=False,
+    servers = {flag: Server(section.model_dir, log_dir, plugin=flag, eager=eager,
                             extra_args=list(section.server_args) + (list(section.plugin_args) if flag else []))
                for flag in (False, True)}
     try:
@@ -45,6 +47,9 @@ def run_section(section: Section, repeats: int, log_dir: Path) -> dict[str, dict
             server.wait_ready()
             warm_up = wl.build_requests(wl.unsteered, 16, 32, 16, vocab=section.vocab, seed=10_000)
             run_benchmark(server.url, server.model, warm_up, concurrency=8)  # compile, caches, allocator
+        for table in section.tables:
+            for variant in table.variants:
+                check_observation(servers[variant.plugin], variant)
         seeds = itertools.count(1)
         runs: dict[str, list[dict]] = {table.name: [] for table in section.tables}
         for repeat in range(repeats):
@@ -61,6 +66,20 @@ def run_section(section: Section, repeats: int, log_dir: Path) -> dict[str, dict
     return {table.name: _table_result(table, runs[table.name]) for table in section.tables}
 
 
+def check_observation(server: Server, variant: Variant) -> None:
+    """The benchmark client ignores the observation chunk; one plain request per observing variant
+    shows that the server answers its `observe` with values, not an error."""
+    observe = variant.observe(0)
+    if observe is None:
+        return
+    body = {"model": server.model, "prompt": [100, 200, 300, 400], "max_tokens": 4, "temperature": 0.0,
+            "observe": observe}
+    response = server.client.post("/v1/completions", json=body)
+    observed = response.json().get("steer_serve", {}).get("observe", {}) if response.status_code == 200 else {}
+    if not (observed.get("probes") or observed.get("capture")):
+        raise RuntimeError(f"{variant.name}: no observation in the answer ({response.status_code}): {response.text[:500]}")
+
+
 def _table_result(table: Table, runs: list[dict]) -> dict:
     baselines = {v.name: table.baseline_of(v) for v in table.variants}
     return {"runs": runs, "summary": summarise(runs, baselines),
@@ -71,7 +90,7 @@ def _table_result(table: Table, runs: list[dict]) -> dict:
 
 def _run(server: Server, section: Section, table: Table, variant: Variant, seed: int) -> dict:
     requests = wl.build_requests(variant.steering, table.num_requests, table.input_len, table.output_len,
-                                 vocab=section.vocab, users=variant.users, seed=seed)
+                                 vocab=section.vocab, users=variant.users, seed=seed, observe_for=variant.observe)
     return run_benchmark(server.url, server.model, requests, concurrency=table.concurrency, rate=variant.rate)
 
 
@@ -128,7 +147,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, measures nothing")
-    parser.add_argument("--sections", default="overhead,moe,default,hf", help="comma list of overhead,moe,default,hf")
+    parser.add_argument("--sections", default="overhead,moe,default,hf",
+                        help="comma list of overhead,moe,default,hf,observe (observe: not in the default run)")
+    parser.add_argument("--eager", action="store_true", help="both servers --enforce-eager (default: compiled)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: `finally` stops the servers
     wanted = set(args.sections.split(","))
@@ -143,16 +164,18 @@ def main() -> None:
                                                      default_model_dir()), args.quick))
     if "default" in wanted:
         sections.append(default_model_section(default_model_dir(), args.quick, experiments_args(args.out)))
+    if "observe" in wanted:
+        sections.append(observe_section(default_model_dir(), args.quick))
     tables: dict[str, dict] = {}
     for section in sections:
-        tables.update(run_section(section, args.repeats, log_dir))
+        tables.update(run_section(section, args.repeats, log_dir, args.eager))
     hf = None
     if "hf" in wanted and "default-model" in tables:
         distinct = tables["default-model"]["summary"]["distinct-32-10L"]["median"]["output_throughput"]
         hf = hf_section(args.quick, distinct)
     context = {"machine": machine(), "command": " ".join([Path(sys.executable).name, "-m", "loadtests.compare",
                                                             *sys.argv[1:]]),
-               "repeats": args.repeats, "hf_baseline": hf,
+               "repeats": args.repeats, "eager": args.eager, "hf_baseline": hf,
                "setups": {name: table["setup"] for name, table in tables.items()}}
     path = write_report(args.out, "steer-serve vs plain vLLM", context, tables,
                         sweeps={name: table["sweeps"] for name, table in tables.items()})

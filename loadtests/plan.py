@@ -31,6 +31,7 @@ class Variant:
     users: bool = False  # requests carry `user` ids (A/B assignment)
     baseline: str | None = None  # default: the table's first variant
     sweep: Sweep | None = None
+    observe: wl.ObserveFor = wl.unobserved  # each request's `observe` field
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,20 @@ def default_model_section(model_dir: Path, quick: bool, experiments_args: tuple[
         Table("default-model-open-loop", tuple(open_loop), None, 4 if quick else 24, 64, 8 if quick else 64),
     )
     return Section("default-model", model_dir, model, tables, plugin_args=experiments_args)
+
+
+def observe_section(model_dir: Path, quick: bool) -> Section:
+    """SmolLM2-135M at 32 concurrent requests: what observing every request costs (issue 15's
+    targets: 2 probes >= 0.97, capture of the last prompt token at 4 layers >= 0.95 of plain vLLM)."""
+    model = wl.ModelSpec("default", 576, 30)
+    variants = (
+        Variant("plain-vllm", False, wl.unsteered),
+        Variant("plugin-unobserved", True, wl.unsteered),
+        Variant("probes-2", True, wl.unsteered, observe=wl.probes(model, 2)),
+        Variant("capture-last-4L", True, wl.unsteered, observe=wl.capture_last(model, 4)),
+    )
+    table = Table("observe-cost", variants, 32, 8 if quick else 64, 64, 8 if quick else 64)
+    return Section("observe-cost", model_dir, model, (table,))
 
 
 def overhead_section(tiny_dir: Path, quick: bool) -> Section:

@@ -10,6 +10,7 @@ import numpy as np
 from loadtests.vllm_bench import BenchRequest
 
 SteeringFor = Callable[[int], dict | None]
+ObserveFor = Callable[[int], dict | None]  # request i's `observe` field (None: not observed)
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,30 @@ def experts_force(layers: int) -> SteeringFor:
     return lambda i: {"interventions": [{"type": "experts", "force": {str(l): [i % 4] for l in range(layers)}}]}
 
 
+def probes(model: ModelSpec, count: int) -> ObserveFor:
+    """Every request carries `count` inline probes (seeded unit directions, spread over the middle
+    layers): its response returns each probe's projection at every computed position."""
+    layers = [model.num_layers * (k + 1) // (count + 1) for k in range(count)]
+    observe = {"probes": [{"name": f"p{k}", "vector": unit_vector(model.hidden_size, 500 + k), "layer": layer}
+                          for k, layer in enumerate(layers)]}
+    return lambda i: observe
+
+
+def capture_last(model: ModelSpec, layers: int) -> ObserveFor:
+    """Every request captures the residual stream at its last prompt token on `layers` layers
+    spread over the model (what vector extraction asks for)."""
+    chosen = [model.num_layers * (k + 1) // (layers + 1) for k in range(layers)]
+    observe = {"capture": {"layers": chosen, "positions": "last"}}
+    return lambda i: observe
+
+
+def unobserved(i: int) -> None:
+    return None
+
+
 def build_requests(steering_for: SteeringFor, num_requests: int, input_len: int, output_len: int,
-                   vocab: int = 49152, users: bool = False, seed: int = 0) -> list[BenchRequest]:
+                   vocab: int = 49152, users: bool = False, seed: int = 0,
+                   observe_for: ObserveFor = unobserved) -> list[BenchRequest]:
     rng = np.random.default_rng(seed)
     requests = []
     for i in range(num_requests):
@@ -62,6 +85,9 @@ def build_requests(steering_for: SteeringFor, num_requests: int, input_len: int,
         steering = steering_for(i)
         if steering is not None:
             overrides["steering"] = steering
+        observe = observe_for(i)
+        if observe is not None:
+            overrides["observe"] = observe
         if users:
             overrides["user"] = f"user-{i}"
         requests.append(BenchRequest(prompt, output_len, overrides or None))

@@ -1,27 +1,30 @@
 """Faults on real servers: clients that hang up, more distinct interventions than slots, a dead
-engine, and a short soak. The engine stats route (`GET /v1/steering/engine`) is the witness that
-slots are released.
+engine, preemption of observed requests, and a short soak. The engine stats route
+(`GET /v1/steering/engine`) is the witness that slots are released.
 
-One module server (tiny Llama, eager, 4 slots, admin key) serves every test; engine death runs
-last and kills it.
+One module server (tiny Llama, eager, 4 slots, 16 KV blocks, admin key) serves every test; engine
+death runs last and kills it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 
 import httpx
+import numpy as np
 import psutil
 import pytest
 
 from loadtests import soak
 from steer_serve.engine_stats import EngineSteeringStats
 from steer_serve_vllm.api.engine_death import ENGINE_DIED_EXIT_CODE
-from harness.completions import agreedy, assert_same_generation, completion_body, greedy
+from harness.completions import agreedy, assert_same_generation, completion_body, greedy, parse_generation
 from harness.metrics import counter_total
 from harness.servers import Server
 from harness.steering_cases import random_vector
+from harness.tiny_models import TINY_HIDDEN
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +33,16 @@ SLOTS = 4  # --max-num-seqs: vLLM's scheduler runs at most 4 requests at once
 STEERING_SLOTS = 2  # --steering-slots: at most 2 configurations resident; steered requests beyond wait
 BATCH_ATOL = 1e-5  # batch composition changes float32 rounding on CPU; tokens must match exactly
 IDLE_TIMEOUT_S = 15.0
+# 16 KV blocks of 128 tokens (vLLM CPU's block size; one block is vLLM's null block): 1920 usable
+# tokens, enough for any one request (max-model-len 1024) and for the other tests' short ones, too
+# few for four 700-token requests at once, so the preemption test forces vLLM to preempt.
+KV_BLOCKS = 16
 
 
 @pytest.fixture(scope="module")
 def fault_server(tiny_llama_dir, log_dir) -> Server:
     args = ["--admin-key", KEY, "--max-num-seqs", str(SLOTS), "--steering-slots", str(STEERING_SLOTS),
-            "--num-gpu-blocks-override", str(soak.KV_BLOCKS)]
+            "--num-gpu-blocks-override", str(KV_BLOCKS)]
     server = Server(tiny_llama_dir, log_dir, eager=True, extra_args=args)
     try:
         yield server.wait_ready()
@@ -131,6 +138,48 @@ def test_soak_smoke(fault_server, tmp_path) -> None:
     assert set(report["by_kind"]) == set(soak.KINDS) and report["disconnects"] > 0
     assert report["statuses"].get("200", 0) > 20
     assert (tmp_path / "soak.png").stat().st_size > 0 and "PASS" in (tmp_path / "report.md").read_text()
+
+
+PREEMPT_PROMPT, PREEMPT_GENERATED = 300, 400  # 4 x 700 tokens > 1920 resident
+PROBES = {"a": (0, random_vector(TINY_HIDDEN, 31)), "b": (2, random_vector(TINY_HIDDEN, 32))}
+CAPTURED_LAYERS, CAPTURED_POSITIONS = [1, 2], [0, PREEMPT_PROMPT - 1, 450, PREEMPT_PROMPT + PREEMPT_GENERATED - 2]
+
+
+async def _observed_long(url: str, body: dict, count: int) -> list[dict]:
+    prompts = [[int(t) for t in np.random.default_rng(40 + i).integers(3, 5000, PREEMPT_PROMPT)] for i in range(count)]
+    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+        responses = await asyncio.gather(*(client.post("/v1/completions", json=dict(body, prompt=p)) for p in prompts))
+    assert all(r.status_code == 200 for r in responses), [r.text[:300] for r in responses]
+    return [dict(r.json(), prompt=p) for r, p in zip(responses, prompts)]
+
+
+def test_observation_equals_hf_under_preemption(fault_server, tiny_reference) -> None:
+    """Four observed 700-token requests on 1920 resident KV tokens: vLLM preempts (its own counter
+    says so) and recomputes; every request's probe values (all positions) and captured vectors still
+    equal HF `output_hidden_states` after layer L (float32, 1e-4)."""
+    observe = {"probes": [{"name": name, "vector": v.tolist(), "layer": layer} for name, (layer, v) in PROBES.items()],
+               "capture": {"layers": CAPTURED_LAYERS, "positions": CAPTURED_POSITIONS}}
+    body = completion_body(fault_server.model, [], PREEMPT_GENERATED) | {"observe": observe}
+    preempted_before = counter_total(fault_server.client, "vllm:num_preemptions")
+    answers = asyncio.run(_observed_long(fault_server.url, body, SLOTS))
+    assert counter_total(fault_server.client, "vllm:num_preemptions") > preempted_before
+    for answer in answers:
+        tokens = answer["prompt"] + parse_generation(answer).tokens[:-1]
+        hidden = tiny_reference.hidden_states(tokens).numpy()  # [L+1, n, D]; entry L+1 = after decoder layer L
+        observed = answer["steer_serve"]["observe"]
+        assert observed["positions"] == list(range(len(tokens))) == list(range(PREEMPT_PROMPT + PREEMPT_GENERATED - 1))
+        for probe in observed["probes"]:
+            layer, vector = PROBES[probe["name"]]
+            expected = hidden[layer + 1] @ (vector / np.linalg.norm(vector))
+            np.testing.assert_allclose(probe["projection"], expected, atol=1e-4, rtol=1e-5)
+        for entry in observed["capture"]:
+            assert entry["positions"] == CAPTURED_POSITIONS and not entry["truncated"]
+            captured = np.frombuffer(base64.b64decode(entry["data"]), "<f4").reshape(entry["shape"])
+            np.testing.assert_allclose(captured, hidden[entry["layer"] + 1, CAPTURED_POSITIONS], atol=1e-4)
+    deadline = time.monotonic() + IDLE_TIMEOUT_S
+    while any(w.observed_requests or w.held_observations for w in _stats(fault_server).workers):
+        assert time.monotonic() < deadline, "observation lanes still held after every response ended"
+        time.sleep(0.2)
 
 
 def _engine_core(server: Server) -> psutil.Process:
