@@ -43,16 +43,25 @@ def _module_group(module: Path) -> str:
     return shared[0] if shared else str(module)
 
 
-def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """Under `-n`, xdist's LoadScope scheduling with our groups as scopes. (Its loadgroup mode
-    does not work with pytest 9, which ignores the node id rewrite it relies on.)"""
-    from xdist.scheduler import LoadScopeScheduling
+class _ModuleGroups:
+    """Registered only when pytest-xdist is loaded (`-p no:xdist` keeps working)."""
 
-    class ModuleGroupScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return _module_group(config.rootpath / nodeid.split("::", 1)[0])
+    @staticmethod
+    def pytest_xdist_make_scheduler(config: pytest.Config, log):
+        """Under `-n`, xdist's LoadScope scheduling with our groups as scopes. (Its loadgroup mode
+        does not work with pytest 9, which ignores the node id rewrite it relies on.)"""
+        from xdist.scheduler import LoadScopeScheduling
 
-    return ModuleGroupScheduling(config, log)
+        class ModuleGroupScheduling(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return _module_group(config.rootpath / nodeid.split("::", 1)[0])
+
+        return ModuleGroupScheduling(config, log)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_ModuleGroups(), "steer-serve-module-groups")
 
 
 @pytest.fixture(scope="session")
