@@ -44,10 +44,11 @@ Request = tuple[list[int], dict | None, int]  # (prompt token ids, steering obje
 
 
 class InProcessEngine:
-    """One vLLM engine in this process; `compile_backend` None means eager."""
+    """One vLLM engine in this process; `compile_backend` None means eager; `custom_ops` as vLLM's
+    `--compilation-config '{"custom_ops": [...]}'` ("-name" switches one off)."""
 
     def __init__(self, model: Path, vector_dir: Path, *, compile_backend: str | None = None,
-                 attention_backend: str | None = None) -> None:
+                 attention_backend: str | None = None, custom_ops: tuple[str, ...] = ()) -> None:
         import torch
 
         # vLLM's CPU worker replaces torch.set_num_threads process-wide; the tests' HF references need it back
@@ -63,8 +64,11 @@ class InProcessEngine:
 
         options: dict[str, Any] = dict(model=str(model), dtype="float32", max_model_len=1024, max_num_seqs=32,
                                        seed=0, enforce_eager=compile_backend is None)
+        compilation: dict[str, Any] = {"custom_ops": list(custom_ops)} if custom_ops else {}
         if compile_backend is not None:
-            options["compilation_config"] = {"backend": compile_backend}
+            compilation["backend"] = compile_backend
+        if compilation:
+            options["compilation_config"] = compilation
         if attention_backend is not None:
             options["attention_backend"] = attention_backend
         self.model = str(model)
@@ -105,16 +109,20 @@ class InProcessEngine:
     def close(self) -> None:
         import torch
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+        from vllm.model_executor.layers import rotary_embedding
 
         from vllm import envs
 
         self.llm.llm_engine.engine_core.shutdown()
         del self.llm
         # the engine core froze the heap (gc.freeze) and cached every VLLM_* variable when it started:
-        # undo both, or each engine's KV cache (1 GiB) stays and later engines see this one's settings
+        # undo both, or each engine's KV cache (1 GiB) stays and later engines see this one's settings.
+        # vLLM also caches rotary modules per process (get_rope), each with the custom-op dispatch of the
+        # engine that built it: a later engine with other custom_ops (eager vs compiled) would reuse it.
         gc.unfreeze()
         gc.collect()
         envs.disable_envs_cache()
+        rotary_embedding._ROPE_DICT.clear()
         cleanup_dist_env_and_memory()
         torch.set_num_threads = self._threads[0]
         torch.set_num_threads(self._threads[1])
