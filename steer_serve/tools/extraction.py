@@ -15,6 +15,7 @@ No training and no randomness, so a vector can be rebuilt byte-for-byte from its
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,93 +48,87 @@ METHOD_LABELS = {"diff_means": "difference_of_means", "mean_centred": "mean_cent
 Collector = Callable[[Sequence[Example]], dict[int, np.ndarray]]
 
 
-def check_datasets(pairs: Sequence[ContrastivePair], method: str, neutral: Sequence[TextExample] | None) -> None:
-    """The method/dataset combinations every path refuses before reading any activation."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not pairs:
-        raise ValueError("at least one contrastive pair is required")
-    if (method == "mean_centred") != (neutral is not None):
-        raise ValueError("a neutral set is required for mean_centred and only used by it")
-    if neutral is not None and not neutral:
-        raise ValueError("the neutral set is empty")
+@dataclass(frozen=True)
+class ExtractionSpec:
+    """What to extract, independent of where the activations come from (the HF model or a running
+    server): both paths take one spec, so their options cannot drift apart. `source` and
+    `neutral_source` are the dataset files (name and sha256 go into the metadata)."""
+
+    pairs: Sequence[ContrastivePair]
+    layers: list[int]
+    position: str = "last"
+    method: str = "diff_means"
+    neutral: Sequence[TextExample] | None = None
+    source: Path | None = None
+    neutral_source: Path | None = None
+
+    def check(self) -> None:
+        """The method/dataset combinations every path refuses before reading any activation."""
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not self.pairs:
+            raise ValueError("at least one contrastive pair is required")
+        if (self.method == "mean_centred") != (self.neutral is not None):
+            raise ValueError("a neutral set is required for mean_centred and only used by it")
+        if self.neutral is not None and not self.neutral:
+            raise ValueError("the neutral set is empty")
+
+    def metadata(self, layers: list[int], model_name: str, hidden_size: int) -> dict[str, str]:
+        """The vector file's metadata: no timestamps, so a rebuild is byte-for-byte identical."""
+        metadata = {
+            "model": model_name,
+            "hidden_size": str(hidden_size),
+            "layers": ",".join(map(str, layers)),
+            "method": METHOD_LABELS[self.method],
+            "position": self.position,
+            "dataset": self.source.name if self.source is not None else "<in-memory>",
+            "dataset_sha256": file_sha256(self.source) if self.source is not None else items_digest(self.pairs),
+            "num_pairs": str(len(self.pairs)),
+        }
+        if self.neutral is not None:
+            named = self.neutral_source is not None
+            metadata |= {
+                "neutral_dataset": self.neutral_source.name if named else "<in-memory>",
+                "neutral_dataset_sha256": file_sha256(self.neutral_source) if named else items_digest(self.neutral),
+                "num_neutral": str(len(self.neutral)),
+            }
+        return metadata
 
 
-def directions_from_activations(
-    collect: Collector, pairs: Sequence[ContrastivePair], layers: list[int], method: str,
-    neutral: Sequence[TextExample] | None,
-) -> dict[int, np.ndarray]:
-    """One float64 direction per layer by `method`, whatever produced the activations."""
-    positive = collect([p.side(True) for p in pairs])
-    if method == "mean_centred":
-        reference = collect([n.content for n in neutral or ()])
+def directions_from_activations(collect: Collector, spec: ExtractionSpec, layers: list[int]) -> dict[int, np.ndarray]:
+    """One float64 direction per layer by the spec's method, whatever produced the activations."""
+    positive = collect([p.side(True) for p in spec.pairs])
+    if spec.method == "mean_centred":
+        reference = collect([n.content for n in spec.neutral or ()])
         return {layer: mean_centred(positive[layer], reference[layer]) for layer in layers}
-    negative = collect([p.side(False) for p in pairs])
-    statistic = difference_of_means if method == "diff_means" else pca_of_differences
+    negative = collect([p.side(False) for p in spec.pairs])
+    statistic = difference_of_means if spec.method == "diff_means" else pca_of_differences
     return {layer: statistic(positive[layer], negative[layer]) for layer in layers}
 
 
 def build_vector(
-    collect: Collector,
-    pairs: Sequence[ContrastivePair],
-    layers: list[int],
-    position: str,
-    *,
-    model_name: str,
-    hidden_size: int,
-    method: str = "diff_means",
-    neutral: Sequence[TextExample] | None = None,
-    source: Path | None = None,
-    neutral_source: Path | None = None,
+    collect: Collector, spec: ExtractionSpec, layers: list[int], *, model_name: str, hidden_size: int
 ) -> SteeringVector:
-    """The steering vector of `method` from already validated `layers`, shared by the HF and server paths
+    """The steering vector of `spec` from already validated `layers`, shared by the HF and server paths
     (same statistic, same metadata, so both write the same file for the same activations)."""
-    check_datasets(pairs, method, neutral)
-    directions = directions_from_activations(collect, pairs, layers, method, neutral)
-    metadata = {
-        "model": model_name,
-        "hidden_size": str(hidden_size),
-        "layers": ",".join(map(str, layers)),
-        "method": METHOD_LABELS[method],
-        "position": position,
-        "dataset": source.name if source is not None else "<in-memory>",
-        "dataset_sha256": file_sha256(source) if source is not None else items_digest(pairs),
-        "num_pairs": str(len(pairs)),
-    }
-    if neutral is not None:
-        metadata |= {
-            "neutral_dataset": neutral_source.name if neutral_source is not None else "<in-memory>",
-            "neutral_dataset_sha256": file_sha256(neutral_source) if neutral_source is not None else items_digest(neutral),
-            "num_neutral": str(len(neutral)),
-        }
+    spec.check()
+    directions = directions_from_activations(collect, spec, layers)
     return SteeringVector(
-        directions={layer: d.astype(np.float32) for layer, d in directions.items()}, metadata=metadata
+        directions={layer: d.astype(np.float32) for layer, d in directions.items()},
+        metadata=spec.metadata(layers, model_name, hidden_size),
     )
 
 
-def extract(
-    model_dir: Path,
-    pairs: Sequence[ContrastivePair],
-    layers: list[int],
-    position: str = "last",
-    *,
-    method: str = "diff_means",
-    neutral: Sequence[TextExample] | None = None,
-    source: Path | None = None,
-    neutral_source: Path | None = None,
-) -> SteeringVector:
-    """One direction per layer by `method` on the HF model in `model_dir`; `source`/`neutral_source`
-    are the dataset files (name and sha256 go into the metadata). Metadata holds no timestamps."""
-    check_datasets(pairs, method, neutral)
+def extract(model_dir: Path, spec: ExtractionSpec) -> SteeringVector:
+    """One direction per layer by `spec.method` on the HF model in `model_dir`."""
+    spec.check()
     model, tokenizer = load_model(model_dir)
-    chosen = validate_layers(layers, position, len(decoder_layers(model)))
+    chosen = validate_layers(spec.layers, spec.position, len(decoder_layers(model)))
 
     def collect(examples: Sequence[Example]) -> dict[int, np.ndarray]:
-        return collect_activations(model, tokenizer, [render(e, tokenizer) for e in examples], chosen, position)
+        return collect_activations(model, tokenizer, [render(e, tokenizer) for e in examples], chosen, spec.position)
 
-    return build_vector(collect, pairs, chosen, position, model_name=Path(model_dir).name,
-                        hidden_size=model.config.hidden_size, method=method, neutral=neutral,
-                        source=source, neutral_source=neutral_source)
+    return build_vector(collect, spec, chosen, model_name=Path(model_dir).name, hidden_size=model.config.hidden_size)
 
 
 def extract_to_file(
@@ -145,15 +140,17 @@ def extract_to_file(
     *,
     method: str = "diff_means",
     neutral_path: Path | None = None,
-    extractor: Callable[..., SteeringVector] | None = None,
+    extractor: Callable[[Path, ExtractionSpec], SteeringVector] | None = None,
 ) -> SteeringVector:
     """Load the datasets, extract, and write the vector (.safetensors or .gguf by suffix). `extractor`
-    takes `extract`'s arguments; by default `extract` itself (the HF model in `model_dir`), or e.g.
-    `partial(extract_via_server, client)` to read the activations from a running server."""
-    pairs = load_pairs(pairs_path)
-    neutral = load_texts(neutral_path) if neutral_path is not None else None
-    vector = (extractor or extract)(model_dir, pairs, layers, position, method=method, neutral=neutral,
-                                    source=pairs_path, neutral_source=neutral_path)
+    is `extract` by default (the HF model in `model_dir`), or e.g. `partial(extract_via_server, client)`
+    to read the activations from a running server."""
+    spec = ExtractionSpec(
+        pairs=load_pairs(pairs_path), layers=layers, position=position, method=method,
+        neutral=load_texts(neutral_path) if neutral_path is not None else None,
+        source=pairs_path, neutral_source=neutral_path,
+    )
+    vector = (extractor or extract)(model_dir, spec)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     write_vector(vector, out_path)
     return vector

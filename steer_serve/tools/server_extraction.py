@@ -16,8 +16,8 @@ import numpy as np
 
 from steer_serve.library.steering_vector import SteeringVector
 from steer_serve.request.observe_spec import CAPTURE_CAP, MAX_CAPTURE_LAYERS  # the server's limits per request
-from steer_serve.tools.activations import ContrastivePair, Example, TextExample, render, token_id_list, validate_layers
-from steer_serve.tools.extraction import build_vector, check_datasets
+from steer_serve.tools.activations import Example, render, token_id_list, validate_layers
+from steer_serve.tools.extraction import ExtractionSpec, build_vector
 from steer_serve.tools.observe_client import ObserveClient
 
 
@@ -65,31 +65,18 @@ def collect_from_server(client: ObserveClient, prompts: list[list[int]], layers:
             for layer, per_prompt in gathered.items()}
 
 
-def extract_via_server(
-    client: ObserveClient,
-    model_dir: Path,
-    pairs: Sequence[ContrastivePair],
-    layers: list[int],
-    position: str = "last",
-    *,
-    method: str = "diff_means",
-    neutral: Sequence[TextExample] | None = None,
-    source: Path | None = None,
-    neutral_source: Path | None = None,
-) -> SteeringVector:
+def extract_via_server(client: ObserveClient, model_dir: Path, spec: ExtractionSpec) -> SteeringVector:
     """`extract` with activations from the server; `model_dir` supplies the tokenizer, chat template and
     config (layer count, width) of the model the server serves."""
     from transformers import AutoConfig, AutoTokenizer
 
-    check_datasets(pairs, method, neutral)
+    spec.check()
     config = AutoConfig.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    chosen = validate_layers(layers, position, config.num_hidden_layers)
+    chosen = validate_layers(spec.layers, spec.position, config.num_hidden_layers)
 
     def collect(examples: Sequence[Example]) -> dict[int, np.ndarray]:
         prompts = [token_id_list(tokenizer, render(example, tokenizer)) for example in examples]
-        return collect_from_server(client, prompts, chosen, position, config.hidden_size)
+        return collect_from_server(client, prompts, chosen, spec.position, config.hidden_size)
 
-    return build_vector(collect, pairs, chosen, position, model_name=Path(model_dir).name,
-                        hidden_size=config.hidden_size, method=method, neutral=neutral,
-                        source=source, neutral_source=neutral_source)
+    return build_vector(collect, spec, chosen, model_name=Path(model_dir).name, hidden_size=config.hidden_size)

@@ -14,7 +14,7 @@ import pytest
 from steer_serve.cli import main
 from steer_serve.library.vector_formats import read_vector
 from steer_serve.tools.activations import ContrastivePair
-from steer_serve.tools.extraction import extract, extract_to_file
+from steer_serve.tools.extraction import ExtractionSpec, extract, extract_to_file
 from steer_serve.tools.observe_client import ObserveClient
 from steer_serve.tools.server_extraction import extract_via_server
 
@@ -46,8 +46,9 @@ def test_extract_through_the_server_equals_hf_extraction(tiny_eager_server, tiny
         assert np.linalg.norm(local.directions[layer]) > 1e-3
         np.testing.assert_allclose(served.directions[layer], local.directions[layer], atol=1e-4, rtol=0)
     # every prompt token's capture (position mean) and the PCA statistic
+    spec = ExtractionSpec(PAIRS, LAYERS, "mean", method="pca")
     with ObserveClient(tiny_eager_server.url, concurrency=4) as client:
-        pca = extract_via_server(client, tiny_llama_dir, PAIRS, LAYERS, "mean", method="pca")
-    reference = extract(tiny_llama_dir, PAIRS, LAYERS, "mean", method="pca")
+        pca = extract_via_server(client, tiny_llama_dir, spec)
+    reference = extract(tiny_llama_dir, spec)
     for layer in LAYERS:
         np.testing.assert_allclose(pca.directions[layer], reference.directions[layer], atol=1e-4, rtol=0)

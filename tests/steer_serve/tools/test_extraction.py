@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from steer_serve.default_model import default_model_dir
 from steer_serve.tools.activations import ChatMessage, ContrastivePair, load_pairs, render
-from steer_serve.tools.extraction import extract, extract_to_file
+from steer_serve.tools.extraction import ExtractionSpec, extract, extract_to_file
 from steer_serve.library.vector_formats import read_vector
 from harness.threads import single_thread
 
@@ -94,7 +94,7 @@ def _reference(model_dir: Path, pairs: list[ContrastivePair], layer: int, positi
 @pytest.mark.parametrize("position", ["last", "mean"])
 def test_matches_hidden_states_reference(tiny_model_dir: Path, position: str) -> None:
     layers = list(range(NUM_LAYERS - 1))  # the last layer's hidden_states entry is post-norm
-    vector = extract(tiny_model_dir, PAIRS, layers, position)
+    vector = extract(tiny_model_dir, ExtractionSpec(PAIRS, layers, position))
     assert vector.layers == layers
     for layer in layers:
         expected = _reference(tiny_model_dir, PAIRS, layer, position)
@@ -138,9 +138,9 @@ def test_extract_to_file_is_reproducible(tiny_model_dir: Path, tmp_path: Path) -
 
 def test_rejects_bad_layers_and_position(tiny_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="out of range"):
-        extract(tiny_model_dir, PAIRS, [NUM_LAYERS], "last")
+        extract(tiny_model_dir, ExtractionSpec(PAIRS, [NUM_LAYERS], "last"))
     with pytest.raises(ValueError, match="position"):
-        extract(tiny_model_dir, PAIRS, [0], "first")
+        extract(tiny_model_dir, ExtractionSpec(PAIRS, [0], "first"))
 
 
 def test_load_pairs_names_the_malformed_line(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from steer_serve.cli import main
 from steer_serve.tools.activations import ContrastivePair, TextExample, load_texts
-from steer_serve.tools.extraction import extract, extract_to_file
+from steer_serve.tools.extraction import ExtractionSpec, extract, extract_to_file
 from steer_serve.library.vector_formats import read_vector
 from harness.threads import single_thread
 
@@ -81,7 +81,7 @@ def _neg(pairs): return [p.side(False) for p in pairs]
 
 @pytest.mark.parametrize("position", ["last", "mean"])
 def test_mean_centred_matches_reference(tiny_llama_dir: Path, position: str) -> None:
-    vector = extract(tiny_llama_dir, PAIRS, LAYERS, position, method="mean_centred", neutral=NEUTRAL)
+    vector = extract(tiny_llama_dir, ExtractionSpec(PAIRS, LAYERS, position, method="mean_centred", neutral=NEUTRAL))
     for layer in LAYERS:
         expected = _rows(tiny_llama_dir, _pos(PAIRS), layer, position).mean(0) - \
             _rows(tiny_llama_dir, [n.content for n in NEUTRAL], layer, position).mean(0)
@@ -93,7 +93,7 @@ def test_mean_centred_matches_reference(tiny_llama_dir: Path, position: str) -> 
 
 @pytest.mark.parametrize("position", ["last", "mean"])
 def test_pca_matches_reference(tiny_llama_dir: Path, position: str) -> None:
-    vector = extract(tiny_llama_dir, PAIRS, LAYERS, position, method="pca")
+    vector = extract(tiny_llama_dir, ExtractionSpec(PAIRS, LAYERS, position, method="pca"))
     for layer in LAYERS:
         pos, neg = (_rows(tiny_llama_dir, side(PAIRS), layer, position) for side in (_pos, _neg))
         diffs = pos - neg
@@ -139,6 +139,6 @@ def test_cli_extract_methods(tiny_llama_dir: Path, tmp_path: Path, capsys: pytes
     assert main([*common, "--method", "mean_centred", "--neutral", str(neutral_path)]) == 0
     assert read_vector(out).metadata["num_neutral"] == "1"
     with pytest.raises(ValueError, match="neutral"):
-        extract(tiny_llama_dir, PAIRS, [0], method="diff_means", neutral=NEUTRAL)
+        extract(tiny_llama_dir, ExtractionSpec(PAIRS, [0], method="diff_means", neutral=NEUTRAL))
     with pytest.raises(ValueError, match="method"):
-        extract(tiny_llama_dir, PAIRS, [0], method="lda")
+        extract(tiny_llama_dir, ExtractionSpec(PAIRS, [0], method="lda"))

@@ -24,7 +24,7 @@ from harness.threads import single_thread
 from steer_serve.cli import main
 from steer_serve.library.vector_formats import read_vector
 from steer_serve.tools.activations import ContrastivePair, TextExample
-from steer_serve.tools.extraction import extract, extract_to_file
+from steer_serve.tools.extraction import ExtractionSpec, extract, extract_to_file
 from steer_serve.tools.observe_client import ObserveClient
 from steer_serve.request.observe_spec import CAPTURE_CAP, MAX_CAPTURE_LAYERS
 from steer_serve.tools.server_extraction import capture_requests, extract_via_server
@@ -78,8 +78,9 @@ def test_server_path_equals_hf_path(tiny_llama_dir: Path, method: str, position:
     neutral = NEUTRAL if method == "mean_centred" else None
     sent: list[dict] = []
     with ObserveClient("http://server", transport=hf_capture_transport(tiny_llama_dir, sent), concurrency=2) as client:
-        served = extract_via_server(client, tiny_llama_dir, PAIRS, LAYERS, position, method=method, neutral=neutral)
-    local = extract(tiny_llama_dir, PAIRS, LAYERS, position, method=method, neutral=neutral)
+        spec = ExtractionSpec(PAIRS, LAYERS, position, method=method, neutral=neutral)
+        served = extract_via_server(client, tiny_llama_dir, spec)
+    local = extract(tiny_llama_dir, spec)
     assert served.metadata == local.metadata
     for layer in LAYERS:
         assert np.linalg.norm(local.directions[layer]) > 1e-3
