@@ -107,7 +107,8 @@ class Condition:
     that layer's edits): on the prompt forward, h = mean (or last) of the prompt's hidden states,
     P = v v^T / v.v, sim = cos(h, tanh(P h)), met = sim > threshold (above) or < threshold;
     decided once and held. Gated edits apply only once it is met (so, on the prompt forward, only
-    at layers from the condition layer on, as in IBM's first call)."""
+    at layers from the condition layer on, as in IBM's first call). compare "token" (ours): every
+    token of every forward by its own hidden state, gating that token's edits only."""
 
     layer: int
     vector: torch.Tensor  # [D]
@@ -117,9 +118,16 @@ class Condition:
 
     def similarity(self, hidden: torch.Tensor) -> float:
         h = hidden.mean(dim=0) if self.compare == "mean" else hidden[-1]  # hidden [S, D]
-        v = self.vector.double()
-        projected = torch.tanh((torch.outer(v, v) / torch.dot(v, v)) @ h.double())
-        return float(torch.dot(h.double(), projected) / (h.double().norm() * projected.norm()))
+        return float(self.token_similarities(h[None])[0])
+
+    def token_similarities(self, hidden: torch.Tensor) -> torch.Tensor:
+        """cos(h, tanh(P h)) for each row of hidden [S, D] -> [S] float64, IBM's formula with P = v v^T / v.v."""
+        v, h = self.vector.double(), hidden.double()
+        projected = torch.tanh(h @ (torch.outer(v, v) / torch.dot(v, v)))  # P symmetric: (P h_s) per row
+        return (h * projected).sum(-1) / (h.norm(dim=-1) * projected.norm(dim=-1))
+
+    def met(self, similarity: torch.Tensor | float) -> torch.Tensor | bool:
+        return similarity > self.threshold if self.above else similarity < self.threshold
 
 
 @dataclass(frozen=True)
@@ -141,8 +149,10 @@ class HFReference:
         (`self.condition_met` tells the decision afterwards)."""
         phase = {"now": "prompt"}
         self.condition_met: bool | None = None
+        self.token_verdicts: list[bool] = []  # compare "token": every token's own verdict, in order
         handles = [] if condition is None else [self._install_condition(condition, phase)]
-        gate = lambda: self.condition_met is True  # noqa: E731
+        per_token = condition is not None and condition.compare == "token"
+        gate = (lambda: self.token_gate) if per_token else (lambda: self.condition_met is True)  # noqa: E731
         last = (Projection, FeatureClamp)  # projections act on the stream after every addition
         tagged = [(e, None) for e in edits] + [(e, gate) for e in gated]
         ordered = [t for t in tagged if not isinstance(t[0], last)] + [t for t in tagged if isinstance(t[0], last)]
@@ -180,10 +190,13 @@ class HFReference:
 
     def _install_condition(self, condition: Condition, phase: dict[str, str]) -> Any:
         def decide(module, args, output):
-            if phase["now"] == "prompt":
-                stream = output[0] if isinstance(output, tuple) else output  # [1, S, D]
+            stream = output[0] if isinstance(output, tuple) else output  # [1, S, D]
+            if condition.compare == "token":
+                self.token_gate = condition.met(condition.token_similarities(stream[0]))[None]  # [1, S]
+                self.token_verdicts += self.token_gate[0].tolist()
+            elif phase["now"] == "prompt":
                 sim = self.condition_similarity = condition.similarity(stream[0])
-                self.condition_met = sim > condition.threshold if condition.above else sim < condition.threshold
+                self.condition_met = condition.met(sim)
             return output
 
         return _get(self.model, self.layers_path)[condition.layer].register_forward_hook(decide)
@@ -218,12 +231,17 @@ class HFReference:
 
 
 def _on_output(active, change):
+    """`active()` is a bool, or a [B, S] bool mask (a per-token gate): then only those tokens change."""
+    def masked(h: torch.Tensor, verdict: bool | torch.Tensor) -> torch.Tensor:
+        return torch.where(verdict[..., None], change(h), h) if isinstance(verdict, torch.Tensor) else change(h)
+
     def hook(module, args, output):
-        if not active():
+        verdict = active()
+        if verdict is False:
             return output
         if isinstance(output, tuple):
-            return (change(output[0]), *output[1:])
-        return change(output)
+            return (masked(output[0], verdict), *output[1:])
+        return masked(output, verdict)
 
     return hook
 

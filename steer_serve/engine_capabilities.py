@@ -86,10 +86,20 @@ def merge(model_id: str, workers: list[WorkerCapabilities]) -> ModelShape:
         elif any(r.experts_refused for r in ranks):
             refused["experts"][layer] = _reason(ranks, "experts_refused", "")
     return ModelShape(
-        model_id=model_id, hidden_size=first.hidden_size, num_layers=len(first.layers),
+        model_id=model_id, stages=_stages(workers), hidden_size=first.hidden_size, num_layers=len(first.layers),
         num_heads=max(head_counts, default=0), experts_per_layer=experts, experts_per_token=top_k,
         routing=routing, expert_groups=groups, refused=refused, architecture=first.architecture,
     )
+
+
+def _stages(workers: list[WorkerCapabilities]) -> dict[int, int]:
+    """Layer -> pipeline stage, numbered in layer order by the set of ranks that run the layer
+    (empty when every rank runs every layer: no pipeline parallelism)."""
+    owners = [tuple(w.rank for w in workers if w.layers[i].owned) for i in range(len(workers[0].layers))]
+    if len(set(owners)) <= 1:
+        return {}
+    numbered = {owner: stage for stage, owner in enumerate(dict.fromkeys(owners))}
+    return {layer: numbered[owner] for layer, owner in enumerate(owners)}
 
 
 def _reason(ranks: list[LayerCapability], field: str, default: str) -> str:

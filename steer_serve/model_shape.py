@@ -13,7 +13,9 @@ class ModelShape:
     its number of routed experts (empty for dense models); `experts_per_token` is the router's
     top-k; `routing` names each such layer's routing kind (engine_capabilities.RoutingKind).
     `refused` maps an edit kind ("residual", "heads", "experts") to the layers where the engine
-    cannot apply it, with the reason (from the engine's capability report).
+    cannot apply it, with the reason (from the engine's capability report). `stages` maps each
+    layer to the pipeline-parallel stage that runs it (empty: one stage); edits whose state one
+    layer hands to another (a CAST condition and the edits it gates) must stay on one stage.
     """
 
     model_id: str
@@ -26,6 +28,11 @@ class ModelShape:
     expert_groups: dict[int, tuple[int, int]] = field(default_factory=dict)  # layer -> (groups, groups per token)
     refused: dict[str, dict[int, str]] = field(default_factory=dict)
     architecture: str = ""
+    stages: dict[int, int] = field(default_factory=dict)
+
+    def stage(self, layer: int) -> int:
+        """The pipeline stage that runs `layer` (0 without pipeline parallelism)."""
+        return self.stages.get(layer, 0)
 
     def refusal(self, kind: str, layer: int) -> str | None:
         """Why the engine cannot apply `kind` on `layer` (None: it can)."""

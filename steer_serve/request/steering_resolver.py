@@ -69,7 +69,7 @@ class SteeringResolver:
                 "steering.interventions",
             )
         builder = SteeringBuilder()
-        conditions = ConditionCollector()
+        conditions = ConditionCollector(self.shape)
         conditional = any(getattr(intervention, "when", None) is not None for intervention, _ in expanded)
         with np.errstate(over="ignore"):  # overflow to inf is refused below (_check_float32), not warned about
             for intervention, where in expanded:

@@ -77,7 +77,8 @@ class WhenCondition(BaseModel):
     """CAST's condition (IBM activation-steering): the edit applies only to requests whose prompt
     representation at `layer` (mean over the prompt's tokens, or its last token) has a cosine
     similarity with tanh of its projection on `vector` above (or below) `threshold`; decided once,
-    when the prompt's last token passes `layer`, and held for the whole generation."""
+    when the prompt's last token passes `layer`, and held for the whole generation. `compare:
+    "token"` gates per token instead: each token's own hidden state decides for that token."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -85,7 +86,9 @@ class WhenCondition(BaseModel):
     layer: StrictInt = Field(description="decoder layer whose output (the residual stream after it) is read")
     threshold: Number = Field(description="compared with cos(h, tanh(P h)), P the projection on `vector`")
     above: StrictBool = Field(True, description="true: the condition holds when the similarity > threshold")
-    compare: Literal["mean", "last"] = Field("mean", description="the prompt's mean hidden state, or its last token's")
+    compare: Literal["mean", "last", "token"] = Field(
+        "mean", description="mean/last: the prompt's mean hidden state, or its last token's, decided once and held; "
+                            "token: every token by its own hidden state (gated layers at or after `layer`)")
 
     @field_validator("vector")
     @classmethod

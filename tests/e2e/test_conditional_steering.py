@@ -1,7 +1,8 @@
 """Conditional steering (CAST `when`) on the shared tiny servers, eager and compiled: two prompts on
 either side of the threshold, in one concurrent batch with an unsteered request, are steered or not
 exactly as the HF reference (IBM's formula, hooks) decides: tokens equal, logprobs within 1e-4.
-The request whose condition is not met equals the server's unsteered output."""
+The request whose condition is not met equals the server's unsteered output. The per-token gate
+(compare "token") equals the reference gating each token by its own hidden state."""
 
 from __future__ import annotations
 
@@ -72,3 +73,28 @@ def test_prompts_either_side_of_the_threshold(request, tiny_reference, server_fi
     if not plain:  # not met and nothing unconditional: the server's own unsteered output
         unmet = decisions.index(False)
         assert_same_generation(served[unmet], asyncio.run(_batch(server, [None, None]))[unmet])
+
+
+@pytest.mark.parametrize("server_fixture", ["tiny_eager_server", "tiny_compiled_server"])
+def test_per_token_gate_steers_exactly_the_tokens_that_pass(request, tiny_reference, server_fixture) -> None:
+    """A threshold between the prompt tokens' own similarities: some tokens (prompt and generated) are
+    edited and some not, exactly as the reference decides token by token."""
+    server = request.getfixturevalue(server_fixture)
+    layer, gated = 1, [_add(1, 47, 3.0), _add(3, 48, 3.0)]
+    probe = Condition(layer, torch.from_numpy(COND), 0.0, True, "token")
+    sims = sorted(float(s) for p in PROMPTS for s in probe.token_similarities(tiny_reference.hidden_states(p)[layer + 1]))
+    threshold = (sims[len(sims) // 2 - 1] + sims[len(sims) // 2]) / 2
+    condition = Condition(layer, torch.from_numpy(COND), threshold, True, "token")
+    steering = gated_steering(COND, layer, threshold, gated, compare="token")
+    edits = [reference_edit(e) for e in gated]
+
+    *served, other = asyncio.run(_batch(server, [steering, steering]))
+    verdicts = []
+    for prompt, generation in zip(PROMPTS, served):
+        expected = tiny_reference.greedy(prompt, MAX_TOKENS, [], condition, edits)
+        verdicts += tiny_reference.token_verdicts
+        assert_same_generation(generation, expected)
+        assert_steering_visible(expected, tiny_reference.greedy(prompt, MAX_TOKENS))  # some tokens steered
+        assert_steering_visible(expected, tiny_reference.greedy(prompt, MAX_TOKENS, edits))  # not all of them
+    assert set(verdicts) == {True, False}
+    assert_same_generation(other, tiny_reference.greedy(OTHER, MAX_TOKENS))

@@ -100,8 +100,7 @@ class RequestGateway:
         extra = assignment.headers if assignment is not None else {}
         if steering is None and observation is None:
             return Forward(headers=extra, assignment=assignment)
-        conditional = steering is not None and steering.condition is not None
-        if conditional and (refusal := _one_sequence_only(request)) is not None:
+        if _reads_whole_prompt(steering) and (refusal := _one_sequence_only(request)) is not None:
             return refusal
         fingerprint, headers_out = None, dict(extra)
         if steering is not None:
@@ -152,12 +151,18 @@ def _cache_salt(steering: ResolvedSteering, request: dict[str, Any]) -> str:
     with the same prompt, hence the same prompt/generated boundary. Known gap: the prompts of
     one request with a list of prompts share a salt.
     """
-    if steering.condition is not None:  # CAST reads every prompt token: never reuse cached KV
+    if _reads_whole_prompt(steering):  # CAST reads every prompt token: never reuse cached KV
         return f"steer:{steering.fingerprint}:once:{uuid.uuid4().hex}"
     if not steering.phase_dependent:
         return f"steer:{steering.fingerprint}"
     body = hashlib.sha256(json.dumps(request, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
     return f"steer:{steering.fingerprint}:body:{body}"
+
+
+def _reads_whole_prompt(steering: ResolvedSteering | None) -> bool:
+    """A condition decided on the prompt (compare mean/last) must see every prompt token computed;
+    a per-token gate (compare token) depends on each token alone, so cached KV stays valid."""
+    return steering is not None and steering.condition is not None and steering.condition.compare != "token"
 
 
 def _one_sequence_only(request: dict[str, Any]) -> Rejection | None:

@@ -10,8 +10,10 @@ In the forward pass, at each decoder layer's output and before that layer's edit
     hidden state to their lane's sum (index_add_, so prefill chunks accumulate across steps);
     the lane's last prompt token then decides: sim = cos(m, tanh((m.u) u)), m = sum / count,
     gate = sign * (sim - threshold) > 0, decided for good (IBM decides once and holds it);
-  - `applies`: a token's edit on a gated layer is kept only when its lane's gate is set; lane 0
-    (unconditional requests, padding) gates nothing.
+    per-token lanes (compare "token") instead write each token's own verdict into `token_gate`;
+  - `applies`: a token's edit on a gated layer is kept only when its lane's gate is set (per-token
+    lanes: the token's own verdict, written at the condition layer earlier in the same forward,
+    since gated layers are at or after it); lane 0 (unconditional requests, padding) gates nothing.
 All tensor ops on persistent buffers, no host sync: the same code runs eager and compiled.
 Tokens processed before the decision (earlier prefill chunks, layers before the condition layer
 in the deciding step) see gate 0, as in IBM's LeashLayer, whose condition is unknown until the
@@ -49,6 +51,8 @@ class ConditionState:
         self.count = torch.zeros(rows, **f32)  # [R]
         self.decided = torch.zeros(rows, **f32)  # [R] 0/1
         self.gate = torch.zeros(rows, **f32)  # [R] 0/1
+        self.per_token = torch.zeros(rows, dtype=torch.bool, device=device)  # [R] compare "token"
+        self.token_gate = torch.zeros(max_tokens, dtype=torch.bool, device=device)  # [T_max] this step's verdicts
         self.weight = torch.zeros(max_tokens, **f32)  # [T_max] 1: a prompt token the condition reads
         self.decides = torch.zeros(max_tokens, **f32)  # [T_max] 1: the prompt's last token
         self.closed = torch.zeros(max_tokens, **f32)  # [T_max] 1: a token of a request that got no lane
@@ -57,7 +61,7 @@ class ConditionState:
         self._closed: set[str] = set()
         self._step = 0
         self._written = 0
-        self._compare_last: dict[str, bool] = {}
+        self._compare: dict[str, str] = {}  # req_id -> "mean" | "last" | "token"
 
     # ---- request lifecycle (host, between steps) ----------------------------------------
     def add_request(self, req_id: str, condition: Condition) -> None:
@@ -73,9 +77,10 @@ class ConditionState:
         self.layer[lane] = condition.layer
         self.gated[lane] = False
         self.gated[lane, list(condition.gated_layers)] = True
+        self.per_token[lane] = condition.compare == "token"
         for state in (self.total[lane], self.count[lane], self.decided[lane], self.gate[lane]):
             state.zero_()
-        self._compare_last[req_id] = condition.compare == "last"
+        self._compare[req_id] = condition.compare
 
     def remove_request(self, req_id: str) -> None:
         self._closed.discard(req_id)
@@ -83,12 +88,14 @@ class ConditionState:
         if lane is not None:
             self.layer[lane] = -1
             self.gated[lane] = False
-            self._compare_last.pop(req_id, None)
+            self.per_token[lane] = False
+            self._compare.pop(req_id, None)
 
     def prepare_step(self, req_ids: list[str], num_scheduled: np.ndarray, num_computed: np.ndarray,
                      num_prompt: np.ndarray) -> None:
-        """Which of the step's tokens the condition reads (prompt tokens, or only the last one) and
-        which token decides (the prompt's last), in forward token order."""
+        """Which of the step's tokens a prompt-level condition reads (prompt tokens, or only the last
+        one) and which token decides (the prompt's last), in forward token order. Per-token
+        conditions read nothing here: each token decides for itself in `observe`."""
         closed = [r in self._closed for r in req_ids]
         if not self.lanes.prepare_step(req_ids, num_scheduled, num_computed) and not any(closed):
             self._write(None, 0)
@@ -99,8 +106,9 @@ class ConditionState:
         position = np.asarray(num_computed[:n], dtype=np.int64)[req_index] + (
             np.arange(req_index.shape[0]) - (np.cumsum(counts) - counts)[req_index])  # [T]
         prompt_len = np.asarray(num_prompt[:n], dtype=np.int64)[req_index]  # [T]
-        conditional = np.array([r in self._compare_last for r in req_ids])[req_index]  # [T]
-        last_only = np.array([self._compare_last.get(r, False) for r in req_ids])[req_index]  # [T]
+        compare = [self._compare.get(r) for r in req_ids]
+        conditional = np.array([c in ("mean", "last") for c in compare])[req_index]  # [T]
+        last_only = np.array([c == "last" for c in compare])[req_index]  # [T]
         decides = conditional & (position == prompt_len - 1)
         reads = conditional & (position < prompt_len) & (~last_only | decides)
         self._write(np.stack([reads, decides, np.array(closed)[req_index]]).astype(np.float32), req_index.shape[0])
@@ -121,10 +129,13 @@ class ConditionState:
 
     # ---- in the forward pass ---------------------------------------------------------------
     def observe(self, layer: int, stream: torch.Tensor) -> None:
-        """Accumulate this layer's prompt hidden states and decide at the prompt's last token; stream [T, D]."""
+        """Accumulate this layer's prompt hidden states and decide at the prompt's last token; per-token
+        lanes decide every token here. stream [T, D]."""
         num_tokens = stream.shape[0]
         lanes = self.lanes.lanes(num_tokens)  # [T]
-        here = (self.layer.index_select(0, lanes) == layer).float() * (1.0 - self.decided.index_select(0, lanes))  # [T]
+        at_layer = self.layer.index_select(0, lanes) == layer  # [T]
+        self._decide_tokens(stream, lanes, at_layer & self.per_token.index_select(0, lanes))
+        here = at_layer.float() * (1.0 - self.decided.index_select(0, lanes))  # [T]
         weight = self.weight[:num_tokens] * here  # [T]
         self.total.index_add_(0, lanes, stream.float() * weight.unsqueeze(-1))
         self.count.index_add_(0, lanes, weight)
@@ -134,11 +145,21 @@ class ConditionState:
         self.gate.copy_(torch.where(decided_now > 0, met, self.gate))
         self.decided.copy_(torch.maximum(self.decided, decided_now.clamp(max=1.0)))
 
+    def _decide_tokens(self, stream: torch.Tensor, lanes: torch.Tensor, deciding: torch.Tensor) -> None:
+        """Per-token verdicts of the tokens whose lane gates per token at this layer; stream [T, D], lanes,
+        deciding [T]. Other tokens keep what an earlier layer of this forward wrote for them."""
+        num_tokens = stream.shape[0]
+        sim = cast_similarity(stream.float(), self.direction.index_select(0, lanes))  # [T]
+        met = self.sign.index_select(0, lanes) * (sim - self.threshold.index_select(0, lanes)) > 0  # [T]
+        self.token_gate[:num_tokens].copy_(torch.where(deciding, met, self.token_gate[:num_tokens]))
+
     def applies(self, layer: int, num_tokens: int) -> torch.Tensor:
         """[T, 1] bool: whether each token's edit on this layer is kept (ungated, or its condition held)."""
         lanes = self.lanes.lanes(num_tokens)  # [T]
         gated = self.gated[:, layer].index_select(0, lanes)  # [T]
-        kept = ~gated | (self.gate.index_select(0, lanes) > 0)  # [T]
+        held = torch.where(self.per_token.index_select(0, lanes), self.token_gate[:num_tokens],
+                           self.gate.index_select(0, lanes) > 0)  # [T]
+        kept = ~gated | held  # [T]
         return (kept & (self.closed[:num_tokens] == 0)).unsqueeze(-1)
 
 

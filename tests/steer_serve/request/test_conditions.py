@@ -146,3 +146,30 @@ def test_a_condition_layer_the_engine_cannot_read_is_refused(tmp_path) -> None:
     with pytest.raises(SteeringError, match="layer 1 cannot take `when` edits on this model: not owned") as caught:
         r.resolve(_spec(_add([2], {"vector": [1.0] * 8, "layer": 1, "threshold": 0.0})))
     assert caught.value.param == "steering.interventions[0].when.layer"
+
+
+def test_a_per_token_gate_cannot_gate_layers_before_its_condition_layer(tmp_path) -> None:
+    r = _resolver(tmp_path)
+    with pytest.raises(SteeringError, match="layer 1 comes before the condition layer 2") as caught:
+        r.resolve(_spec(_add([1, 3], {"vector": "cond", "layer": 2, "threshold": 0.1, "compare": "token"})))
+    assert caught.value.param == "steering.interventions[0].when.compare"
+    resolved = r.resolve(_spec(_add([2, 3], {"vector": "cond", "layer": 2, "threshold": 0.1, "compare": "token"})))
+    assert resolved.condition.compare == "token" and resolved.condition.gated_layers == (2, 3)
+    # held decisions may gate earlier layers (they apply from the decision on)
+    r.resolve(_spec(_add([1], {"vector": "cond", "layer": 2, "threshold": 0.1})))
+
+
+def test_under_pipeline_parallelism_a_condition_gates_only_its_own_stage(tmp_path) -> None:
+    """Stage 0 runs layers 0-2, stage 1 layers 3-5: the decision taken on stage 0 never reaches stage 1."""
+    def stage(rank: int) -> WorkerCapabilities:
+        layers = [LayerCapability(layer=i, owned=(i < 3) == (rank == 0), residual=True) for i in range(6)]
+        return WorkerCapabilities(rank=rank, architecture="llama", hidden_size=8, layers=layers)
+
+    shape = merge("unit", [stage(0), stage(1)])
+    assert shape.stages == {0: 0, 1: 0, 2: 0, 3: 1, 4: 1, 5: 1}
+    r = SteeringResolver(shape, VectorLibrary.load_dir(tmp_path, shape), Settings(vector_dir=tmp_path))
+    when = {"vector": [1.0] * 8, "layer": 1, "threshold": 0.0}
+    with pytest.raises(SteeringError, match="layer 3 runs on pipeline stage 1, the condition layer 1 on stage 0") as caught:
+        r.resolve(_spec(_add([2], when), _add([3], when)))
+    assert caught.value.param == "steering.interventions[1].when.layer"
+    assert r.resolve(_spec(_add([2], when))).condition.gated_layers == (2,)

@@ -93,3 +93,12 @@ def test_a_conditional_request_takes_one_sequence(tmp_path) -> None:
         assert isinstance(decision, Rejection) and decision.status == 400 and decision.param == param, fields
     assert isinstance(_prepare(tmp_path, {"model": "m", "prompt": [[1, 2]], "steering": COND_SPEC}, "/v1/completions"),
                       Forward)
+
+
+def test_a_per_token_gate_shares_cached_blocks_and_takes_several_sequences(tmp_path) -> None:
+    """compare "token" depends on each token alone: cached KV stays valid, n > 1 is fine."""
+    spec = json.loads(json.dumps(COND_SPEC))
+    spec["interventions"][0]["when"]["compare"] = "token"
+    body = {"model": "m", "prompt": [1, 5, 6], "steering": spec, "n": 2}
+    salts = [json.loads(_prepare(tmp_path, body, "/v1/completions").body)["cache_salt"] for _ in range(2)]
+    assert salts[0] == salts[1]

@@ -104,3 +104,34 @@ def test_without_a_free_lane_a_request_fails_closed() -> None:
     state.remove_request("second")
     state.prepare_step(["plain"], np.array([3]), np.array([5]), np.array([3]))
     assert state.applies(3, 3)[:, 0].tolist() == [True, True, True]
+
+
+@pytest.mark.parametrize("above", [True, False])
+def test_per_token_gate_decides_every_token_by_its_own_state(above) -> None:
+    """compare "token": each token (prompt, across chunks, and generated) is gated by IBM's formula on
+    its own hidden state at the condition layer; a prompt-level request in the same step is not."""
+    rng = np.random.default_rng(7)
+    v = rng.standard_normal(D)
+    prompt = (rng.standard_normal((9, D)) + rng.choice([-1.5, 1.5], size=(9, 1)) * v).astype(np.float32)
+    sims = [ibm_similarity(row[None].astype(np.float64), v, "last") for row in prompt]
+    threshold = float(np.mean(sorted(sims)[4:6]))  # between two tokens: none sits on it
+    want = [s > threshold if above else s < threshold for s in sims]
+    state = ConditionState(D, LAYERS, capacity=4, max_tokens=64, device=torch.device("cpu"))
+    state.add_request("tok", _condition(v, threshold, above, compare="token"))
+    state.add_request("held", _condition(v, -1.0))  # prompt-level, always met
+    got: list[bool] = []
+
+    def observe(stream: torch.Tensor) -> None:
+        state.observe(COND_LAYER, stream)
+        kept = state.applies(3, stream.shape[0])[:, 0].tolist()
+        got.extend(kept[: len(kept) // 2])  # "tok" comes first in every step, same chunk sizes as "held"
+        assert state.applies(2, stream.shape[0]).all()  # layer 2 is not gated
+
+    _run(state, {"tok": prompt, "held": prompt}, 4, observe)
+    assert got == want and set(want) == {True, False}
+    assert state.count[state.lanes.lane_of("tok")] == 0  # nothing accumulated, nothing held
+    # a generated token decides for itself too: one far on each side of the threshold
+    state.prepare_step(["tok", "held"], np.array([1, 1]), np.array([9, 9]), np.array([9, 9]))
+    for row, sim in ((prompt[int(np.argmax(sims))], max(sims)), (prompt[int(np.argmin(sims))], min(sims))):
+        state.observe(COND_LAYER, torch.from_numpy(np.stack([row, row])))
+        assert state.applies(3, 2)[:, 0].tolist() == [(sim > threshold) == above, True]
