@@ -66,6 +66,8 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
         env["STEER_SERVE_MAX_DOSE"] = str(args.max_dose)
     if args.steering_memory is not None:
         env["STEER_SERVE_STEERING_MEMORY"] = str(args.steering_memory)
+    if args.observe_memory is not None:
+        env["STEER_SERVE_OBSERVE_MEMORY"] = str(args.observe_memory)
     if args.steering_slots is not None:
         env["STEER_SERVE_STEERING_SLOTS"] = str(args.steering_slots)
     if args.policy is not None:
@@ -353,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dose guardrail: clip each token's added vector to this fraction of the layer output's norm")
     serve.add_argument("--steering-memory", type=float, default=None,
                        help="MiB per engine worker for steering vectors (default 32); steered requests beyond it wait")
+    serve.add_argument("--observe-memory", type=float, default=None,
+                       help="MiB per engine worker for observation results (default 64; formula in "
+                            "docs/performance.md); observed requests beyond it get an explicit error in `observe`")
     serve.add_argument("--steering-slots", type=int, default=None,
                        help="distinct steering configurations per worker (default 256, at most --max-num-seqs); "
                             "more wait")

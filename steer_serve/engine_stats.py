@@ -31,6 +31,11 @@ class WorkerSteeringStats(BaseModel):
     pool_bytes: NonNegativeInt = 0  # memory of the vector pool (part of table_bytes)
     observed_requests: NonNegativeInt = 0  # live requests holding an observation lane
     held_observations: NonNegativeInt = 0  # finished observations not yet fetched by the API
+    observe_bytes: NonNegativeInt = 0  # memory of the observation buffers (stores, directions, indices)
+    probe_positions: NonNegativeInt = 0  # probe-store rows (token positions; --observe-memory)
+    probe_positions_in_use: NonNegativeInt = 0  # held by live observed requests with probes
+    capture_vectors: NonNegativeInt = 0  # capture-store rows ([D] float32 vectors; --observe-memory)
+    capture_vectors_in_use: NonNegativeInt = 0  # held by live observed requests with capture
 
 
 class EngineSteeringStats(BaseModel):

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     steering_slots: int = Field(
         256, ge=1, description="distinct steering configurations resident per worker (capped at max_num_seqs); more wait"
     )
+    observe_memory: float = Field(
+        64.0, gt=0, description="MiB per engine worker for observation results (probe positions, captured vectors); "
+                                "observed requests beyond it get an explicit observation error")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body accepted")
 
     experiments_dir: Path | None = Field(None, description="directory of experiment YAML files; None: no experiments")

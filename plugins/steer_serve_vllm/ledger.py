@@ -233,7 +233,8 @@ LEDGER: tuple[LedgerRecord, ...] = (
             "vLLM's --worker-extension-cls is set by every launcher we support", _PATCHES),
     _engine("add", "vllm.v1.worker.gpu_worker", f"Worker.{OBSERVE_METHOD}",
             f"answer collective_rpc(\"{OBSERVE_METHOD}\", observation_id) with a finished request's probe values and "
-            "captures (api/observe_relay.py fetches them when the response ends)",
+            "captures (tensor-parallel rank 0 of every pipeline stage, with the layers it owns; api/observe_relay.py "
+            "fetches them when the response ends and merges the stages)",
             "vLLM returns per-request activations itself (RFC #36998)", _PATCHES),
     _engine("rely", "vllm.v1.worker.cpu_worker", "CPUWorker",
             f"inherits `{STATS_METHOD}` from Worker", "as above", _PATCHES, evidence="(Worker)"),

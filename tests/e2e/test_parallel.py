@@ -5,16 +5,21 @@ different steering (edits on both stages: layer 1 on stage 0, layer 2 on stage 1
 each must equal the HF reference with the same edits (the unsteered ones: the unedited model).
 Under DP the requests are spread over two engines; PP runs compiled (see MODES). The engine stats route reports every rank
 (PP: both stages; DP: both engines) and no state is left behind. One server per mode, one at a time.
+Observation (probes and capture) on a layer of each pipeline stage equals HF output_hidden_states:
+every stage answers for the layers it owns and the API merges them.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+import base64
+
 import httpx
+import numpy as np
 import pytest
 
-from harness.tiny_models import TINY_HIDDEN
+from harness.tiny_models import TINY_HIDDEN, TINY_LAYERS
 from harness.completions import agreedy, assert_same_generation, assert_steering_visible
 from harness.intervention_cases import ablate, add, clamp, combine, heads
 from harness.servers import Server
@@ -37,6 +42,7 @@ PROMPTS = [[1, 504, 3458, 314, 260, 1345, 28, 357], [1, 2010, 41, 8812, 6354, 17
            [1, 400, 401, 402, 403, 404], [1, 77, 78, 79, 80, 81, 82, 83, 84]]
 MAX_TOKENS = 8
 V1, V2, V3 = (random_vector(TINY_HIDDEN, seed) for seed in (31, 32, 33))
+OBSERVED_LAYERS = (1, 2)  # PP=2 on 4 layers: layer 1 on stage 0, layer 2 on stage 1
 STEERED = {
     0: combine(add(V1, [1, 2], 0.4), ablate(V2, [2]), heads(2, {0: [1]}, {3: {0: 2.0}})),
     2: combine(add(V3, [0, 3], -0.3, "generated"), clamp(V1, [1], 2.0, "prompt")),
@@ -80,3 +86,30 @@ def test_engine_route_reports_every_rank(server) -> None:
     assert [(w.dp_rank, w.rank, w.pp_rank) for w in stats.workers] == EXPECTED_RANKS[server.mode]
     assert (stats.live_requests, stats.live_configurations) == (0, 0)
     assert all(w.slot_capacity == 32 and w.table_bytes > 0 for w in stats.workers)
+
+
+def test_observation_on_both_stages_equals_hf(server, tiny_reference) -> None:
+    assert TINY_LAYERS == 4
+    probes = [{"name": f"p{layer}", "vector": v.tolist(), "layer": layer, "cosine": True}
+              for layer, v in zip(OBSERVED_LAYERS, (V1, V2))]
+    body = {"model": server.model, "prompt": PROMPTS[1], "max_tokens": MAX_TOKENS, "temperature": 0.0,
+            "ignore_eos": True, "logprobs": 1, "return_tokens_as_token_ids": True,
+            "observe": {"probes": probes, "capture": {"layers": list(OBSERVED_LAYERS), "positions": "all"}}}
+    response = server.client.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    generated = [int(t.removeprefix("token_id:")) for t in response.json()["choices"][0]["logprobs"]["tokens"]]
+    tokens = PROMPTS[1] + generated[:-1]
+    hidden = tiny_reference.hidden_states(tokens).numpy()  # [L+1, n, D]
+    observed = response.json()["steer_serve"]["observe"]
+    assert observed["positions"] == list(range(len(tokens)))
+    for probe, layer, v in zip(observed["probes"], OBSERVED_LAYERS, (V1, V2)):
+        h = hidden[layer + 1]  # [n, D]
+        expected = h @ (v / np.linalg.norm(v))
+        np.testing.assert_allclose(probe["projection"], expected, atol=1e-4, rtol=1e-5)
+        np.testing.assert_allclose(probe["cosine"], expected / np.linalg.norm(h, axis=-1), atol=1e-4)
+    for entry, layer in zip(observed["capture"], OBSERVED_LAYERS):
+        assert entry["layer"] == layer and entry["positions"] == list(range(len(tokens)))
+        vectors = np.frombuffer(base64.b64decode(entry["data"]), "<f4").reshape(entry["shape"])
+        np.testing.assert_allclose(vectors, hidden[layer + 1], atol=1e-4)
+    stats = _stats(server)
+    assert sum(w.observed_requests + w.held_observations for w in stats.workers) == 0

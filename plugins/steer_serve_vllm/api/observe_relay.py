@@ -20,6 +20,7 @@ from typing import Any, Awaitable, Callable
 
 from steer_serve.request import observe_wire
 from steer_serve_vllm.api.observe_gateway import Observation
+from steer_serve_vllm.api.observe_merge import merge_stages
 from steer_serve_vllm.names import OBSERVE_METHOD
 
 logger = logging.getLogger(f"vllm.{__name__}")
@@ -32,15 +33,18 @@ _background: set[asyncio.Task] = set()
 
 
 async def fetch_observation(engine_client: Any, observation_id: str) -> dict[str, Any] | None:
-    """The worker's result; None when no worker knows the id (the request never reached one)."""
+    """The workers' result, merged over pipeline stages (api/observe_merge.py); None when no worker
+    knows the id (the request never reached one). Polled until no stage still runs the request:
+    each stage hands its part over once (take), so finished parts are kept between polls."""
     deadline = time.monotonic() + WAIT_S
+    finished: dict[int, dict[str, Any]] = {}  # pp_rank -> that stage's result
     while True:
         per_engine = await engine_client.engine_core.call_utility_all_async(
             "collective_rpc", OBSERVE_METHOD, RPC_TIMEOUT_S, (observation_id,), None)
         answers = [a for answers in per_engine for a in answers if a is not None]
-        done = next((a for a in answers if a.get("status") == "done"), None)
-        if done is not None or not answers:
-            return done
+        finished |= {a.get("pp_rank", 0): a for a in answers if a.get("status") == "done"}
+        if not any(a.get("status") == "live" for a in answers):
+            return merge_stages(list(finished.values())) if finished else None
         if time.monotonic() > deadline:
             raise TimeoutError(f"observation {observation_id} still running after {WAIT_S:.0f} s")
         await asyncio.sleep(0.02)

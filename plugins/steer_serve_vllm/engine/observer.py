@@ -1,20 +1,24 @@
 """Per-request observation in the worker: probe projections and captured residual vectors.
 
 Legend: L = decoder layers, R = lanes + 1 (row 0 = scratch), P = probe columns per request,
-D = hidden size, S = max_model_len (positions), C = CAPTURE_CAP (captured vectors per request),
-T = tokens in the step.
+D = hidden size, N = probe-store rows, M = capture-store rows (engine/observe_budget.py: both
+sized by --observe-memory, row 0 = scratch), T = tokens in the step.
 
-Each observed request holds a lane (engine/lanes.py). Hooks on every decoder layer output read the
-stream after the layer (after steering edits at that layer: they are registered later) and write,
-in-graph, into persistent buffers indexed by (lane, position):
-- probe_proj / probe_norm [R, S, P]: <h, unit direction> and |h| of the probe's own layer;
-  a probe column only writes at its layer (probe_at mask), elsewhere the old value is kept;
-- cap_store [R*C, D]: captured vectors; cap_index [L, T_max] says where token t goes at layer l
-  (row 0 = scratch for every token not captured there).
-Writes are idempotent per (lane, position), so recomputation after preemption and chunked prefill
-give the same values. When the request leaves the engine (finished or aborted) its lane's rows are
-copied to host memory (bounded: at most `max_held` results, oldest dropped with a warning) and the
-lane is freed; the API fetches and drops the result by observation id (`take`).
+Each observed request holds a lane (engine/lanes.py) for its probe directions, and rows of two
+pooled stores for its results: one probe row per token position it can reach (prompt + max_tokens)
+when it has probes, one capture row per vector it asks for. Hooks on every decoder layer output
+read the stream after the layer (after steering edits at that layer: they are registered later)
+and write, in-graph, into the persistent stores:
+- probe_proj / probe_norm [N, P]: <h, unit direction> and |h| at the probe's own layer, in the
+  row of the token's position (probe_rows [T]); a probe column only writes at its layer
+  (probe_at mask), elsewhere the old value is kept;
+- cap_store [M, D]: captured vectors; cap_index [L, T_max] says where token t goes at layer l
+  (row 0 for every token not captured there).
+Writes are idempotent per (request, position), so recomputation after preemption and chunked
+prefill give the same values. When the request leaves the engine (finished or aborted) its rows
+are copied to host memory (bounded: at most `max_held` results, oldest dropped with a warning)
+and its lane and rows are freed; the API fetches and drops the result by observation id (`take`).
+A request that finds no free lane or not enough rows gets an explicit error as its result.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 from steer_serve.request import observe_wire
 from steer_serve.request.observe_spec import CAPTURE_CAP, MAX_PROBES, ResolvedObservation
 from steer_serve_vllm.engine.lanes import LaneTable
+from steer_serve_vllm.engine.observe_budget import ObserveBudget, RowPool
 
 logger = logging.getLogger(f"vllm.{__name__}")
 
@@ -40,6 +45,8 @@ class _Live:
     observation: ResolvedObservation
     lane: int
     num_prompt: int
+    probe_rows: np.ndarray  # [positions] the probe-store row of each position (none without probes)
+    cap_rows: np.ndarray  # [slots x capture layers] capture-store rows
     first: int | None = None  # first position that went through a forward pass
     end: int = 0  # one past the last such position
     captured: set[int] = field(default_factory=set)  # positions written to the capture store
@@ -47,17 +54,20 @@ class _Live:
 
 class Observer:
     def __init__(self, num_layers: int, hidden: int, max_reqs: int, max_tokens: int, max_len: int,
-                 device: torch.device, dtype: torch.dtype, max_held: int | None = None) -> None:
+                 device: torch.device, budget: ObserveBudget, max_held: int | None = None) -> None:
         self.lanes = LaneTable(max_reqs, max_tokens, device)
-        R, P, L, D, S = max_reqs + 1, MAX_PROBES, num_layers, hidden, max_len
+        R, P, L, D = max_reqs + 1, MAX_PROBES, num_layers, hidden
         self.hidden = hidden
-        self.probe_dir = torch.zeros(L, R * P, D, device=device, dtype=dtype)  # [L, R*P, D]
+        self.max_len = max_len
+        self.probe_pool, self.cap_pool = RowPool(budget.probe_positions), RowPool(budget.capture_vectors)
+        self.probe_dir = torch.zeros(R, P, D, device=device, dtype=torch.float32)  # [R, P, D]
         self.probe_at = torch.zeros(L, R, P, device=device, dtype=torch.bool)  # [L, R, P]
-        self.probe_proj = torch.zeros(R, S, P, device=device, dtype=torch.float32)  # [R, S, P]
-        self.probe_norm = torch.zeros(R, S, P, device=device, dtype=torch.float32)  # [R, S, P]
-        self.cap_store = torch.zeros(R * CAPTURE_CAP, D, device=device, dtype=torch.float32)  # [R*C, D]
+        self.probe_proj = torch.zeros(budget.probe_positions + 1, P, device=device, dtype=torch.float32)  # [N, P]
+        self.probe_norm = torch.zeros(budget.probe_positions + 1, P, device=device, dtype=torch.float32)  # [N, P]
+        self.probe_rows = torch.zeros(max_tokens, device=device, dtype=torch.long)  # [T_max]
+        self.cap_store = torch.zeros(budget.capture_vectors + 1, D, device=device, dtype=torch.float32)  # [M, D]
         self.cap_index = torch.zeros(L, max_tokens, device=device, dtype=torch.long)  # [L, T_max]
-        self._cap_written = 0  # high-water mark of non-zero columns of cap_index
+        self._written = 0  # high-water mark of non-zero columns of probe_rows / cap_index
         self.active = False  # any observed token in this step (eager hooks skip otherwise)
         self._live: dict[str, _Live] = {}
         self._held: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -65,8 +75,15 @@ class Observer:
 
     @property
     def nbytes(self) -> int:
-        tensors = (self.probe_dir, self.probe_at, self.probe_proj, self.probe_norm, self.cap_store, self.cap_index)
+        tensors = (self.probe_dir, self.probe_at, self.probe_proj, self.probe_norm, self.probe_rows, self.cap_store,
+                   self.cap_index, self.lanes.token_lanes, self.lanes.token_positions)
         return sum(t.numel() * t.element_size() for t in tensors)
+
+    def stats(self) -> dict[str, int]:
+        """For the engine stats route: memory and store rows (capacity, in use)."""
+        return {"observed_requests": self.num_live, "held_observations": self.num_held, "observe_bytes": self.nbytes,
+                "probe_positions": self.probe_pool.capacity, "probe_positions_in_use": self.probe_pool.in_use,
+                "capture_vectors": self.cap_pool.capacity, "capture_vectors_in_use": self.cap_pool.in_use}
 
     @property
     def num_live(self) -> int:
@@ -77,7 +94,7 @@ class Observer:
         return len(self._held)
 
     # ---- request lifecycle -------------------------------------------------------------
-    def add_request(self, req_id: str, payload: str, num_prompt: int) -> None:
+    def add_request(self, req_id: str, payload: str, num_prompt: int, max_tokens: int | None) -> None:
         try:
             observation_id, observation = observe_wire.decode(payload)
         except (ValueError, KeyError, TypeError) as exc:  # only the gateway writes it; never raise here
@@ -85,34 +102,51 @@ class Observer:
             return
         if req_id in self._live:
             return
-        if self.lanes.num_live >= self.lanes.capacity:  # preempted requests keep theirs: never raise in a worker
-            logger.error("steer-serve: no free observation lane for request %s", req_id)
-            self._hold(observation_id, {"status": "done", "error": f"all {self.lanes.capacity} observation lanes "
-                                        "were taken (preempted requests hold theirs); retry the request"})
+        reach = min(num_prompt + (max_tokens if max_tokens is not None else self.max_len), self.max_len)
+        refused = self._refusal(observation, reach)  # preempted requests keep theirs: never raise in a worker
+        if refused is not None:
+            logger.error("steer-serve: request %s not observed: %s", req_id, refused)
+            self._hold(observation_id, {"status": "done", "error": f"{refused}; retry the request"})
             return
-        lane = self.lanes.acquire(req_id)
-        self._load(lane, observation)
-        self._live[req_id] = _Live(observation_id, observation, lane, num_prompt)
+        live = _Live(observation_id, observation, self.lanes.acquire(req_id), num_prompt,
+                     self.probe_pool.take(reach if observation.probes else 0),
+                     self.cap_pool.take(_capture_rows(observation, reach)))
+        self._load(live)
+        self._live[req_id] = live
 
-    def _load(self, lane: int, observation: ResolvedObservation) -> None:
-        P = self.probe_at.shape[2]
-        columns = slice(lane * P, (lane + 1) * P)
-        self.probe_dir[:, columns] = 0
+    def _refusal(self, observation: ResolvedObservation, reach: int) -> str | None:
+        """Why the request cannot be observed now (no lane, not enough store rows), or None."""
+        if self.lanes.num_live >= self.lanes.capacity:
+            return f"all {self.lanes.capacity} observation lanes were taken (preempted requests hold theirs)"
+        positions, vectors = reach if observation.probes else 0, _capture_rows(observation, reach)
+        free_positions = self.probe_pool.capacity - self.probe_pool.in_use
+        free_vectors = self.cap_pool.capacity - self.cap_pool.in_use
+        if positions > free_positions or vectors > free_vectors:
+            return (f"observation memory is full (--observe-memory): the request needs {positions} probe positions "
+                    f"and {vectors} capture vectors, {free_positions} and {free_vectors} are free")
+        return None
+
+    def _load(self, live: _Live) -> None:
+        lane, P = live.lane, self.probe_at.shape[2]
+        self.probe_dir[lane] = 0
         self.probe_at[:, lane] = False
-        for k, probe in enumerate(observation.probes[:P]):  # the API refuses more than MAX_PROBES
-            if 0 <= probe.layer < self.probe_dir.shape[0] and probe.direction.shape[0] == self.hidden:
-                self.probe_dir[probe.layer, lane * P + k] = torch.from_numpy(probe.direction).to(self.probe_dir)
+        for k, probe in enumerate(live.observation.probes[:P]):  # the API refuses more than MAX_PROBES
+            if 0 <= probe.layer < self.probe_at.shape[0] and probe.direction.shape[0] == self.hidden:
+                self.probe_dir[lane, k] = torch.from_numpy(probe.direction).to(self.probe_dir)
                 self.probe_at[probe.layer, lane, k] = True
-        self.probe_proj[lane] = 0
-        self.probe_norm[lane] = 0
+        rows = torch.from_numpy(live.probe_rows).to(self.probe_proj.device)
+        self.probe_proj.index_fill_(0, rows, 0.0)
+        self.probe_norm.index_fill_(0, rows, 0.0)
 
     def remove_request(self, req_id: str) -> None:
-        """The request left the engine (finished or aborted): keep its result, free its lane."""
+        """The request left the engine (finished or aborted): keep its result, free its lane and rows."""
         live = self._live.pop(req_id, None)
         if live is None:
             return
-        self.lanes.release(req_id)
         self._hold(live.observation_id, self._result(live))
+        self.lanes.release(req_id)
+        self.probe_pool.give(live.probe_rows)
+        self.cap_pool.give(live.cap_rows)
 
     def _hold(self, observation_id: str, result: dict[str, Any]) -> None:
         self._held[observation_id] = result
@@ -131,9 +165,10 @@ class Observer:
 
     def _result(self, live: _Live) -> dict[str, Any]:
         first = live.first or 0
-        end = max(live.end, first)
-        proj = self.probe_proj[live.lane, :end].cpu().numpy()  # [n, P]
-        norm = self.probe_norm[live.lane, :end].cpu().numpy()  # [n, P]
+        end = min(max(live.end, first), live.probe_rows.shape[0]) if live.observation.probes else max(live.end, first)
+        rows = torch.from_numpy(live.probe_rows[:end]).to(self.probe_proj.device)
+        proj = self.probe_proj.index_select(0, rows).cpu().numpy()  # [n, P]
+        norm = self.probe_norm.index_select(0, rows).cpu().numpy()  # [n, P]
         probes = [{"name": p.name, "layer": p.layer, "cosine": p.cosine, "report": p.report,
                    "projection": observe_wire.pack(proj[:, k]), "norm": observe_wire.pack(norm[:, k])}
                   for k, p in enumerate(live.observation.probes)]
@@ -151,7 +186,7 @@ class Observer:
         n_layers = len(capture.layers)
         entries = []
         for i, layer in enumerate(capture.layers):
-            rows = [live.lane * CAPTURE_CAP + order[p] * n_layers + i for p in positions]
+            rows = [int(live.cap_rows[order[p] * n_layers + i]) for p in positions]
             data = self.cap_store[rows].cpu().numpy() if rows else np.zeros((0, self.hidden), np.float32)
             entries.append({"layer": layer, "positions": positions, "data": observe_wire.pack(data),
                             "truncated": capture.positions == "all" and live.end > CAPTURE_CAP // n_layers})
@@ -164,66 +199,78 @@ class Observer:
         if capture.positions == "last":
             return {live.num_prompt - 1: 0}
         if capture.positions == "all":
-            return {p: p for p in range(CAPTURE_CAP // len(capture.layers))}
+            return {p: p for p in range(live.cap_rows.shape[0] // len(capture.layers))}
         return {p: j for j, p in enumerate(capture.positions)}
 
     # ---- per step ----------------------------------------------------------------------
     def prepare_step(self, req_ids: list[str], num_scheduled: np.ndarray, num_computed: np.ndarray) -> None:
         self.active = self.lanes.prepare_step(req_ids, num_scheduled, num_computed)
-        cap = np.zeros((self.cap_index.shape[0], int(np.sum(num_scheduled[: len(req_ids)]))), dtype=np.int64) \
-            if self.active else None  # [L, T]
+        num_tokens = int(np.sum(num_scheduled[: len(req_ids)])) if self.active else 0
+        probe_rows = np.zeros(num_tokens, dtype=np.int64)  # [T]
+        cap = np.zeros((self.cap_index.shape[0], num_tokens), dtype=np.int64)  # [L, T]
         start = 0
-        capturing = False
         for i, req_id in enumerate(req_ids):
             count = int(num_scheduled[i])
-            live = self._live.get(req_id)
+            live = self._live.get(req_id) if self.active else None
             if live is not None and count > 0:
                 begin = int(num_computed[i])
                 live.first = begin if live.first is None else min(live.first, begin)
                 live.end = max(live.end, begin + count)
+                rows = live.probe_rows[begin : begin + count]  # positions past the reservation: scratch row 0
+                probe_rows[start : start + rows.shape[0]] = rows
                 if live.observation.capture is not None:
-                    capturing |= self._mark_capture(live, cap, start, begin, count)
+                    self._mark_capture(live, cap, start, begin, count)
             start += count
-        self._write_capture(cap if capturing else None)
+        self._write(probe_rows, cap)
 
-    def _mark_capture(self, live: _Live, cap: np.ndarray, start: int, begin: int, count: int) -> bool:
+    def _mark_capture(self, live: _Live, cap: np.ndarray, start: int, begin: int, count: int) -> None:
         order = self._capture_order(live)
         layers = live.observation.capture.layers
-        marked = False
         for offset in range(count):
             slot = order.get(begin + offset)
             if slot is None:
                 continue
             for i, layer in enumerate(layers):
-                cap[layer, start + offset] = live.lane * CAPTURE_CAP + slot * len(layers) + i
+                cap[layer, start + offset] = live.cap_rows[slot * len(layers) + i]
             live.captured.add(begin + offset)
-            marked = True
-        return marked
 
-    def _write_capture(self, cap: np.ndarray | None) -> None:
-        num_tokens = 0 if cap is None else cap.shape[1]
-        span = max(num_tokens, self._cap_written)
+    def _write(self, probe_rows: np.ndarray, cap: np.ndarray) -> None:
+        """Copy this step's indices to the device; columns written last step and not now go back to 0."""
+        num_tokens = probe_rows.shape[0]
+        span = max(num_tokens, self._written)
         if span == 0:
             return
-        full = np.zeros((self.cap_index.shape[0], span), dtype=np.int64)
-        if cap is not None:
-            full[:, :num_tokens] = cap
-        self.cap_index[:, :span].copy_(torch.from_numpy(full))
-        self._cap_written = num_tokens
+        rows = np.zeros((1 + cap.shape[0], span), dtype=np.int64)  # [1 + L, span]
+        rows[0, :num_tokens], rows[1:, :num_tokens] = probe_rows, cap
+        rows = torch.from_numpy(rows)
+        self.probe_rows[:span].copy_(rows[0])
+        self.cap_index[:, :span].copy_(rows[1:])
+        self._written = num_tokens
 
     # ---- in the forward pass -----------------------------------------------------------
     def observe(self, layer: int, stream: torch.Tensor) -> None:
         """Write this layer's probe values and captures for the step's tokens. stream: [T, D]."""
         T = stream.shape[0]
         lanes = self.lanes.lanes(T)  # [T]
-        positions = self.lanes.positions(T)  # [T]
+        rows = self.probe_rows[:T]  # [T]
         h = stream.float()  # [T, D]
-        R, P = self.probe_at.shape[1], self.probe_at.shape[2]
-        every = (h @ self.probe_dir[layer].float().t()).view(T, R, P)  # [T, R, P]
-        proj = every.gather(1, lanes.view(T, 1, 1).expand(T, 1, P)).squeeze(1)  # [T, P]
-        norm = h.norm(dim=-1, keepdim=True).expand(T, P)  # [T, P]
+        directions = self.probe_dir.index_select(0, lanes)  # [T, P, D]
+        proj = torch.bmm(directions, h.unsqueeze(-1)).squeeze(-1)  # [T, P]
+        norm = h.norm(dim=-1, keepdim=True).expand_as(proj)  # [T, P]
         mine = self.probe_at[layer].index_select(0, lanes)  # [T, P]
-        where = (lanes, positions)
-        self.probe_proj.index_put_(where, torch.where(mine, proj, self.probe_proj[where]))
-        self.probe_norm.index_put_(where, torch.where(mine, norm, self.probe_norm[where]))
+        self.probe_proj.index_put_((rows,), torch.where(mine, proj, self.probe_proj.index_select(0, rows)))
+        self.probe_norm.index_put_((rows,), torch.where(mine, norm, self.probe_norm.index_select(0, rows)))
         self.cap_store.index_copy_(0, self.cap_index[layer, :T], h)
+
+
+def _capture_rows(observation: ResolvedObservation, reach: int) -> int:
+    """Capture-store rows a request needs: layers x the positions it can capture."""
+    capture = observation.capture
+    if capture is None:
+        return 0
+    layers = len(capture.layers)
+    if capture.positions == "last":
+        return layers
+    if capture.positions == "all":
+        return layers * min(CAPTURE_CAP // layers, reach)
+    return layers * len(capture.positions)

@@ -65,13 +65,22 @@ def _router_linear(layer: nn.Module) -> nn.Module | None:
     return None
 
 
+def _owned(layer: nn.Module) -> bool:
+    return type(layer).__name__ != "PPMissingLayer"  # a layer of another pipeline stage
+
+
+def owned_layers(model_sites: ModelSites) -> list[int]:
+    """The decoder layers this pipeline stage runs (all of them without pipeline parallelism)."""
+    return [index for index, layer in enumerate(model_sites.layers) if _owned(layer)]
+
+
 def capabilities(model_sites: ModelSites, rank: int, hidden_size: int) -> WorkerCapabilities:
     """This worker's report: one entry per decoder layer, refusals with their reasons."""
     layers = []
     for index, (layer, site) in enumerate(zip(model_sites.layers, model_sites.sites)):
         router = site.router
         layers.append(LayerCapability(
-            layer=index, owned=type(layer).__name__ != "PPMissingLayer", residual=True,
+            layer=index, owned=_owned(layer), residual=True,
             heads=model_sites.heads_per_rank if site.attention_out is not None else 0,
             first_head=model_sites.first_head, heads_refused=site.heads_refused,
             experts=router.experts if router else 0, top_k=router.top_k if router else 0,

@@ -19,9 +19,10 @@ from steer_serve_vllm.engine.adapters import adapter_for
 from steer_serve_vllm.engine.admission import budget_for
 from steer_serve_vllm.engine.layer_hooks import install_hooks
 from steer_serve_vllm.engine.observe_hooks import install_observer_hooks
+from steer_serve_vllm.engine.observe_budget import observe_budget
 from steer_serve_vllm.engine.observer import Observer
 from steer_serve_vllm.engine.runtime import SteeringRuntime
-from steer_serve_vllm.engine.sites import ModelSites, capabilities, place_sites
+from steer_serve_vllm.engine.sites import ModelSites, capabilities, owned_layers, place_sites
 from steer_serve_vllm.names import CAPABILITIES_METHOD, OBSERVE_METHOD, STATS_METHOD
 
 logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
@@ -97,21 +98,24 @@ def worker_stats(worker: Any) -> dict[str, int] | None:
     ranks = {"dp_rank": worker.parallel_config.data_parallel_index, "pp_rank": get_pp_group().rank_in_group,
              "tp_rank": get_tensor_model_parallel_rank()}
     observer = observer_of(worker.model_runner)
-    observed = {} if observer is None else {"observed_requests": observer.num_live,
-                                            "held_observations": observer.num_held}
+    observed = {} if observer is None else observer.stats()
     return runtime.stats(worker.rank).model_copy(update=ranks | observed).model_dump()
 
 
 def worker_observation(worker: Any, observation_id: str) -> dict[str, Any] | None:
-    """Take a finished request's observation (every rank drops its copy; tensor-parallel rank 0 of
-    the first pipeline stage answers, the others return None)."""
-    observer = observer_of(getattr(worker, "model_runner", None))
+    """Take a finished request's observation (every rank drops its copy). Tensor-parallel rank 0 of
+    every pipeline stage answers, with its pp_rank and the layers it owns (its hooks saw only those;
+    the API merges the stages, api/observe_merge.py); the other ranks return None."""
+    runner = getattr(worker, "model_runner", None)
+    observer = observer_of(runner)
     if observer is None:
         return None
     result = observer.take(observation_id)
     from vllm.distributed import get_pp_group, get_tensor_model_parallel_rank
 
-    return result if get_tensor_model_parallel_rank() == 0 and get_pp_group().rank_in_group == 0 else None
+    if result is None or get_tensor_model_parallel_rank() != 0:
+        return None
+    return result | {"pp_rank": get_pp_group().rank_in_group, "owned_layers": owned_layers(getattr(runner, _SITES_ATTR))}
 
 
 def worker_capabilities(worker: Any) -> dict[str, Any] | None:
@@ -165,7 +169,8 @@ def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
     eager = runner.vllm_config.compilation_config.mode == CompilationMode.NONE
     install_hooks(model_sites, runtime, max_dose, skip_unused=eager)
     observer = Observer(config.num_hidden_layers, config.hidden_size, runner.max_num_reqs, runner.max_num_tokens,
-                        runner.max_model_len, runner.device, runner.model_config.dtype)
+                        runner.max_model_len, runner.device,
+                        observe_budget(config.hidden_size, runner.max_model_len, settings.observe_memory))
     install_observer_hooks(model_sites, observer, skip_idle=eager)  # after the steering hooks: sees their edits
     setattr(runner, _OBSERVER_ATTR, observer)
     setattr(runner, _RUNTIME_ATTR, runtime)
@@ -193,7 +198,8 @@ def _after_update_states(runner: Any, scheduler_output: Any) -> None:
             runtime.add_request(new_req.req_id, params.extra_args)
             payload = params.extra_args.get(observe_wire.EXTRA_ARGS_KEY)
             if payload is not None:
-                observer_of(runner).add_request(new_req.req_id, payload, len(new_req.prompt_token_ids or ()))
+                observer_of(runner).add_request(new_req.req_id, payload, len(new_req.prompt_token_ids or ()),
+                                                params.max_tokens)
 
 
 def _after_request_removed(runner: Any, req_id: str, req_state: Any) -> None:

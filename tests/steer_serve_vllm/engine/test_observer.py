@@ -7,13 +7,15 @@ import torch
 
 from steer_serve.request import observe_wire
 from steer_serve.request.observe_spec import Capture, Probe, ResolvedObservation
+from steer_serve_vllm.engine.observe_budget import ObserveBudget, observe_budget
 from steer_serve_vllm.engine.observer import Observer
 
 L, D = 3, 8
 
 
-def _observer() -> Observer:
-    return Observer(L, D, max_reqs=4, max_tokens=32, max_len=64, device=torch.device("cpu"), dtype=torch.float32)
+def _observer(max_reqs: int = 4, budget: ObserveBudget | None = None) -> Observer:
+    return Observer(L, D, max_reqs=max_reqs, max_tokens=32, max_len=64, device=torch.device("cpu"),
+                    budget=budget or observe_budget(D, 64, 1.0))
 
 
 def _unit(seed: int) -> np.ndarray:
@@ -44,7 +46,7 @@ def test_probe_values_and_captures_survive_chunking_and_mixed_batches() -> None:
     observer = _observer()
     direction = _unit(0)
     observation = ResolvedObservation((Probe("p", 1, direction, cosine=True),), Capture((0, 2), "last"))
-    observer.add_request("a", _payload(observation), num_prompt=5)
+    observer.add_request("a", _payload(observation), num_prompt=5, max_tokens=3)
     streams = _streams(["a", "b"], 8)
     # a: prompt in chunks 3 + 2 next to unobserved b, then two decode steps (positions 5, 6)
     _run(observer, [(["b", "a"], [4, 3], [0, 0]), (["a", "b"], [2, 1], [3, 4]), (["a"], [1], [5]), (["a"], [1], [6])],
@@ -67,7 +69,7 @@ def test_probe_values_and_captures_survive_chunking_and_mixed_batches() -> None:
 def test_recomputation_after_preemption_overwrites_with_the_same_values() -> None:
     observer = _observer()
     observation = ResolvedObservation((Probe("p", 2, _unit(3)),), Capture((1,), (0, 2)))
-    observer.add_request("a", _payload(observation), num_prompt=3)
+    observer.add_request("a", _payload(observation), num_prompt=3, max_tokens=2)
     streams = _streams(["a"], 5)
     _run(observer, [(["a"], [3], [0]), (["a"], [1], [3]), (["a"], [4], [0])], streams)  # preempted, recomputed
     observer.remove_request("a")
@@ -84,7 +86,7 @@ def test_lanes_are_reused_without_stale_values_and_held_results_are_bounded() ->
     streams = _streams([f"r{i}" for i in range(4)], 4)
     for i in range(4):
         observation = ResolvedObservation((Probe("p", 0, _unit(i)),))
-        observer.add_request(f"r{i}", _payload(observation, f"o{i}"), num_prompt=2)
+        observer.add_request(f"r{i}", _payload(observation, f"o{i}"), num_prompt=2, max_tokens=None)
         _run(observer, [([f"r{i}"], [2], [0])], streams)
         observer.remove_request(f"r{i}")
     assert observer.num_held == 2 and observer.take("o0") is None and observer.lanes.num_live == 0
@@ -94,9 +96,43 @@ def test_lanes_are_reused_without_stale_values_and_held_results_are_bounded() ->
 
 
 def test_no_free_lane_is_an_explicit_error_not_a_crash() -> None:
-    observer = Observer(L, D, max_reqs=1, max_tokens=8, max_len=8, device=torch.device("cpu"), dtype=torch.float32)
+    observer = _observer(max_reqs=1)
     observation = ResolvedObservation((Probe("p", 0, _unit(0)),))
-    observer.add_request("a", _payload(observation, "o1"), num_prompt=2)
-    observer.add_request("b", _payload(observation, "o2"), num_prompt=2)
+    observer.add_request("a", _payload(observation, "o1"), num_prompt=2, max_tokens=4)
+    observer.add_request("b", _payload(observation, "o2"), num_prompt=2, max_tokens=4)
     assert "lanes were taken" in observe_wire.response_object(observer.take("o2"))["error"]
     assert observer.num_live == 1
+
+
+def test_store_rows_follow_what_requests_reach_and_come_back() -> None:
+    observer = _observer(budget=ObserveBudget(probe_positions=20, capture_vectors=6))
+    probes = (Probe("p", 0, _unit(0)), Probe("q", 2, _unit(1)))
+    observer.add_request("a", _payload(ResolvedObservation(probes, Capture((0, 1), "last")), "oa"), 5, max_tokens=7)
+    observer.add_request("b", _payload(ResolvedObservation((), Capture((1, 2), "all")), "ob"), 2, max_tokens=1)
+    stats = observer.stats()
+    # a: 5 + 7 positions (one row each for all its probes), 2 layers x 1 position; b: "all" reaches
+    # prompt + max_tokens = 3 positions at 2 layers = 6 vectors, more than the 4 left: refused, explicitly
+    assert (stats["probe_positions_in_use"], stats["capture_vectors_in_use"]) == (12, 2)
+    assert "observation memory is full" in observe_wire.response_object(observer.take("ob"))["error"]
+    observer.add_request("c", _payload(ResolvedObservation((probes[0],)), "oc"), 4, max_tokens=4)  # 8 more: exactly full
+    assert observer.stats()["probe_positions_in_use"] == 20
+    observer.add_request("d", _payload(ResolvedObservation((probes[0],)), "od"), 1, max_tokens=1)
+    assert "2 probe positions" in observe_wire.response_object(observer.take("od"))["error"]
+    streams = _streams(["a", "c"], 12)
+    _run(observer, [(["c", "a"], [4, 5], [0, 0]), (["a", "c"], [1, 1], [5, 4])], streams)
+    for req in ("a", "c"):
+        observer.remove_request(req)
+    assert {k: v for k, v in observer.stats().items() if k.endswith("in_use")} == {
+        "probe_positions_in_use": 0, "capture_vectors_in_use": 0}
+    a = observe_wire.response_object(observer.take("oa"))
+    for probe, layer, seed in zip(a["probes"], (0, 2), (0, 1)):
+        np.testing.assert_allclose(probe["projection"], [streams[("a", p, layer)] @ _unit(seed) for p in range(6)],
+                                   atol=1e-5)
+    c = observe_wire.response_object(observer.take("oc"))
+    np.testing.assert_allclose(c["probes"][0]["projection"], [streams[("c", p, 0)] @ _unit(0) for p in range(5)],
+                               atol=1e-5)
+
+
+def test_budget_formula_and_its_floors() -> None:
+    assert observe_budget(576, 1024, 64.0) == ObserveBudget(probe_positions=524288, capture_vectors=14563)
+    assert observe_budget(4096, 32768, 1.0) == ObserveBudget(probe_positions=32768, capture_vectors=256)
