@@ -232,9 +232,9 @@ LEDGER: tuple[LedgerRecord, ...] = (
             "looks worker methods up by name (CPUWorker inherits it)",
             "vLLM's --worker-extension-cls is set by every launcher we support", _PATCHES),
     _engine("add", "vllm.v1.worker.gpu_worker", f"Worker.{OBSERVE_METHOD}",
-            f"answer collective_rpc(\"{OBSERVE_METHOD}\", observation_id) with a finished request's probe values and "
-            "captures (tensor-parallel rank 0 of every pipeline stage, with the layers it owns; api/observe_relay.py "
-            "fetches them when the response ends and merges the stages)",
+            f"answer collective_rpc(\"{OBSERVE_METHOD}\", [observation ids]) with finished requests' probe values "
+            "and captures (tensor-parallel rank 0 of every pipeline stage, with the layers it owns; "
+            "api/observe_fetch.py polls for every waiting response in one call and merges the stages)",
             "vLLM returns per-request activations itself (RFC #36998)", _PATCHES),
     _engine("rely", "vllm.v1.worker.cpu_worker", "CPUWorker",
             f"inherits `{STATS_METHOD}` from Worker", "as above", _PATCHES, evidence="(Worker)"),

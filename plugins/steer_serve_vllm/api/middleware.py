@@ -15,7 +15,8 @@ from steer_serve.experiments.response_observer import ResponseObserver
 from steer_serve import metrics
 from steer_serve.request import observe_wire
 from steer_serve_vllm.api.gateway import STEERABLE_PATHS, Forward, Rejection
-from steer_serve_vllm.api.observe_relay import ObservationRelay, fetch_observation
+from steer_serve_vllm.api.observe_fetch import fetcher_of
+from steer_serve_vllm.api.observe_relay import ObservationRelay
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -93,7 +94,7 @@ def _relay(scope: Scope, send: Send, decision: Forward) -> ObservationRelay | No
     """The relay that brings the observation into the response (None when nothing is observed)."""
     if decision.observation is None:
         return None
-    engine_client = scope["app"].state.engine_client
+    fetcher = fetcher_of(scope["app"].state, scope["app"].state.engine_client)
     assignment = decision.assignment
     experiment = assignment.experiment.config.key if assignment and assignment.experiment else metrics.NONE
     arm = assignment.arm.name if assignment and assignment.arm else metrics.NONE
@@ -102,7 +103,7 @@ def _relay(scope: Scope, send: Send, decision: Forward) -> ObservationRelay | No
         for probe, mean in observe_wire.probe_means(result).items():
             metrics.PROBE_MEAN_PROJECTION.labels(probe, experiment, arm).observe(mean)
 
-    return ObservationRelay(send, decision.observation, lambda oid: fetch_observation(engine_client, oid), record)
+    return ObservationRelay(send, decision.observation, fetcher.fetch, record)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

@@ -1,8 +1,8 @@
 """Bring a request's observation from the workers into its response.
 
 When the response ends (the JSON body is complete, or the SSE stream reaches `data: [DONE]`), the
-relay takes the result from the workers by observation id (`collective_rpc` of the worker method
-in names.OBSERVE_METHOD; polled while the engine still holds the request) and puts it
+relay takes the result from the workers by observation id (api/observe_fetch.py: one poll loop
+for all waiting requests, `collective_rpc` of names.OBSERVE_METHOD) and puts it
 - non-streaming: under the top-level key `steer_serve.observe` of the JSON body;
 - streaming: in one extra chunk right before `data: [DONE]` (empty `choices`, like the usage chunk).
 Every observed request is fetched exactly once, also when the client goes away (aborted requests
@@ -15,39 +15,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from typing import Any, Awaitable, Callable
 
 from steer_serve.request import observe_wire
 from steer_serve_vllm.api.observe_gateway import Observation
-from steer_serve_vllm.api.observe_merge import merge_stages
-from steer_serve_vllm.names import OBSERVE_METHOD
 
 logger = logging.getLogger(f"vllm.{__name__}")
 Message = dict[str, Any]
 Send = Callable[[Message], Awaitable[None]]
-RPC_TIMEOUT_S = 10.0
-WAIT_S = 60.0  # how long the engine may take to release a finished or aborted request
 _DONE = b"data: [DONE]"
 _background: set[asyncio.Task] = set()
-
-
-async def fetch_observation(engine_client: Any, observation_id: str) -> dict[str, Any] | None:
-    """The workers' result, merged over pipeline stages (api/observe_merge.py); None when no worker
-    knows the id (the request never reached one). Polled until no stage still runs the request:
-    each stage hands its part over once (take), so finished parts are kept between polls."""
-    deadline = time.monotonic() + WAIT_S
-    finished: dict[int, dict[str, Any]] = {}  # pp_rank -> that stage's result
-    while True:
-        per_engine = await engine_client.engine_core.call_utility_all_async(
-            "collective_rpc", OBSERVE_METHOD, RPC_TIMEOUT_S, (observation_id,), None)
-        answers = [a for answers in per_engine for a in answers if a is not None]
-        finished |= {a.get("pp_rank", 0): a for a in answers if a.get("status") == "done"}
-        if not any(a.get("status") == "live" for a in answers):
-            return merge_stages(list(finished.values())) if finished else None
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"observation {observation_id} still running after {WAIT_S:.0f} s")
-        await asyncio.sleep(0.02)
 
 
 class ObservationRelay:

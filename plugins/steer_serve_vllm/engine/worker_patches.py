@@ -102,20 +102,22 @@ def worker_stats(worker: Any) -> dict[str, int] | None:
     return runtime.stats(worker.rank).model_copy(update=ranks | observed).model_dump()
 
 
-def worker_observation(worker: Any, observation_id: str) -> dict[str, Any] | None:
-    """Take a finished request's observation (every rank drops its copy). Tensor-parallel rank 0 of
-    every pipeline stage answers, with its pp_rank and the layers it owns (its hooks saw only those;
-    the API merges the stages, api/observe_merge.py); the other ranks return None."""
+def worker_observation(worker: Any, observation_ids: list[str]) -> dict[str, Any] | None:
+    """Take finished requests' observations (every rank drops its copies; {"status": "live"} for a
+    request still running). Tensor-parallel rank 0 of every pipeline stage answers, with its pp_rank
+    and the layers it owns (its hooks saw only those; api/observe_merge.py merges the stages); the
+    other ranks return None."""
     runner = getattr(worker, "model_runner", None)
     observer = observer_of(runner)
     if observer is None:
         return None
-    result = observer.take(observation_id)
+    taken = {oid: observer.take(oid) for oid in observation_ids}
     from vllm.distributed import get_pp_group, get_tensor_model_parallel_rank
 
-    if result is None or get_tensor_model_parallel_rank() != 0:
+    if get_tensor_model_parallel_rank() != 0:
         return None
-    return result | {"pp_rank": get_pp_group().rank_in_group, "owned_layers": owned_layers(getattr(runner, _SITES_ATTR))}
+    return {"pp_rank": get_pp_group().rank_in_group, "owned_layers": owned_layers(getattr(runner, _SITES_ATTR)),
+            "results": {oid: result for oid, result in taken.items() if result is not None}}
 
 
 def worker_capabilities(worker: Any) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from steer_serve.request import observe_wire
 from steer_serve_vllm.api.observe_merge import merge_stages
-from steer_serve_vllm.api.observe_relay import fetch_observation
+from steer_serve_vllm.api.observe_fetch import ObservationFetcher
 
 
 def _stage(pp_rank: int, owned: list[int], value: float) -> dict:
@@ -59,22 +59,52 @@ def test_single_worker_result_passes_unchanged_and_errors_win() -> None:
 
 
 class _Engine:
-    """Answers collective_rpc polls from a script: one list of worker answers per poll."""
+    """Answers collective_rpc polls from a script: per poll, per worker {observation id: answer} or None."""
 
     def __init__(self, polls: list[list]) -> None:
         self.polls = polls
+        self.asked: list[list[str]] = []
         self.engine_core = self
 
-    async def call_utility_all_async(self, *args) -> list[list]:
-        return [self.polls.pop(0)]
+    async def call_utility_all_async(self, method: str, method_name: str, timeout: float, args: tuple, kwargs) -> list:
+        self.asked.append(list(args[0]))
+        return [[None if answers is None else {"pp_rank": rank, "owned_layers": [2 * rank, 2 * rank + 1],
+                                               "results": answers}
+                 for rank, answers in enumerate(self.polls.pop(0))]]
 
 
-def test_fetch_waits_for_the_later_stage_and_keeps_the_earlier_part() -> None:
-    stage0, stage1 = _stage(0, [0, 1], 5.0), _stage(1, [2, 3], 7.0)
-    engine = _Engine([[stage0, {"status": "live"}], [None, {"status": "live"}], [None, stage1]])
-    merged = asyncio.run(fetch_observation(engine, "oid"))
-    assert engine.polls == [] and _values(merged) == ([5.0, 7.0], [7.0, 5.0])
+def _fetch_all(engine: _Engine, ids: list[str]) -> list:
+    async def main() -> list:
+        fetcher = ObservationFetcher(engine)
+        return await asyncio.gather(*(fetcher.fetch(oid) for oid in ids))
+
+    return asyncio.run(main())
 
 
-def test_fetch_of_an_unknown_id_is_none() -> None:
-    assert asyncio.run(fetch_observation(_Engine([[None, None]]), "oid")) is None
+def _part(answer: dict) -> dict:
+    return {k: v for k, v in answer.items() if k not in ("pp_rank", "owned_layers")}
+
+
+def test_one_rpc_per_poll_for_every_waiting_request_and_later_stages_are_waited_for() -> None:
+    stage0, stage1 = _part(_stage(0, [0, 1], 5.0)), _part(_stage(1, [2, 3], 7.0))
+    live = {"status": "live"}
+    engine = _Engine([
+        [{"a": stage0, "b": live}, {"a": live, "b": live}],  # a: stage 0 done, stage 1 not yet
+        [{"b": stage0}, {"a": stage1, "b": live}],  # a complete; b waits for stage 1
+        [{}, {"b": stage1}],
+    ])
+    a, b, unknown = _fetch_all(engine, ["a", "b", "c"])
+    assert engine.polls == [] and engine.asked == [["a", "b", "c"], ["a", "b"], ["b"]]
+    assert _values(a) == _values(b) == ([5.0, 7.0], [7.0, 5.0]) and unknown is None
+
+
+def test_a_failed_rpc_settles_every_waiting_fetch_with_the_error() -> None:
+    class Broken(_Engine):
+        async def call_utility_all_async(self, *args) -> list:
+            raise RuntimeError("EngineCore encountered an issue")
+
+    async def main() -> list:
+        fetcher = ObservationFetcher(Broken([]))
+        return await asyncio.gather(*(fetcher.fetch(oid) for oid in "ab"), return_exceptions=True)
+
+    assert [str(e) for e in asyncio.run(main())] == ["EngineCore encountered an issue"] * 2
