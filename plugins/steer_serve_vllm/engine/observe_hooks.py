@@ -3,8 +3,8 @@
 Registered after the steering hooks (engine/layer_hooks.py), so a layer's probe sees the stream
 with that layer's edits applied. The stream is `hidden + residual` for (hidden, residual) layers
 and the output tensor otherwise, as in layer_hooks. The hook never changes the output. Installed
-before the first forward pass (torch.compile traces it in); in eager mode it returns at once in
-steps without observed tokens.
+before the first forward pass (torch.compile traces it in); in eager mode it returns at once at
+layers no observed token of the step is read at (so unobserved steps run none).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def install_observer_hooks(model_sites: ModelSites, observer: Observer, skip_idl
 
 def _observe_hook(observer: Observer, layer: int, pair: bool, skip_idle: bool) -> Callable[..., Any]:
     def observe_layer_output(module: nn.Module, args: Any, output: Any) -> Any:
-        if skip_idle and not observer.active:
+        if skip_idle and layer not in observer.layers_in_step:
             return output
         if pair:
             if not (isinstance(output, tuple) and len(output) == 2):

@@ -51,6 +51,12 @@ class _Live:
     end: int = 0  # one past the last such position
     captured: set[int] = field(default_factory=set)  # positions written to the capture store
 
+    @property
+    def layers(self) -> set[int]:
+        """The layers whose output this request reads (its probes' and captures')."""
+        capture = self.observation.capture
+        return {p.layer for p in self.observation.probes} | set(capture.layers if capture is not None else ())
+
 
 class Observer:
     def __init__(self, num_layers: int, hidden: int, max_reqs: int, max_tokens: int, max_len: int,
@@ -68,7 +74,7 @@ class Observer:
         self.cap_store = torch.zeros(budget.capture_vectors + 1, D, device=device, dtype=torch.float32)  # [M, D]
         self.cap_index = torch.zeros(L, max_tokens, device=device, dtype=torch.long)  # [L, T_max]
         self._written = 0  # high-water mark of non-zero columns of probe_rows / cap_index
-        self.active = False  # any observed token in this step (eager hooks skip otherwise)
+        self.layers_in_step: frozenset[int] = frozenset()  # layers this step's observed tokens are read at
         self._live: dict[str, _Live] = {}
         self._held: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.max_held = max_held if max_held is not None else 4 * max_reqs
@@ -204,15 +210,17 @@ class Observer:
 
     # ---- per step ----------------------------------------------------------------------
     def prepare_step(self, req_ids: list[str], num_scheduled: np.ndarray, num_computed: np.ndarray) -> None:
-        self.active = self.lanes.prepare_step(req_ids, num_scheduled, num_computed)
-        num_tokens = int(np.sum(num_scheduled[: len(req_ids)])) if self.active else 0
+        active = self.lanes.prepare_step(req_ids, num_scheduled, num_computed)
+        num_tokens = int(np.sum(num_scheduled[: len(req_ids)])) if active else 0
+        layers: set[int] = set()
         probe_rows = np.zeros(num_tokens, dtype=np.int64)  # [T]
         cap = np.zeros((self.cap_index.shape[0], num_tokens), dtype=np.int64)  # [L, T]
         start = 0
         for i, req_id in enumerate(req_ids):
             count = int(num_scheduled[i])
-            live = self._live.get(req_id) if self.active else None
+            live = self._live.get(req_id) if active else None
             if live is not None and count > 0:
+                layers |= live.layers
                 begin = int(num_computed[i])
                 live.first = begin if live.first is None else min(live.first, begin)
                 live.end = max(live.end, begin + count)
@@ -221,6 +229,7 @@ class Observer:
                 if live.observation.capture is not None:
                     self._mark_capture(live, cap, start, begin, count)
             start += count
+        self.layers_in_step = frozenset(layers)
         self._write(probe_rows, cap)
 
     def _mark_capture(self, live: _Live, cap: np.ndarray, start: int, begin: int, count: int) -> None:

@@ -136,3 +136,13 @@ def test_store_rows_follow_what_requests_reach_and_come_back() -> None:
 def test_budget_formula_and_its_floors() -> None:
     assert observe_budget(576, 1024, 64.0) == ObserveBudget(probe_positions=524288, capture_vectors=14563)
     assert observe_budget(4096, 32768, 1.0) == ObserveBudget(probe_positions=32768, capture_vectors=256)
+
+
+def test_eager_hooks_learn_which_layers_the_step_reads() -> None:
+    observer = _observer()
+    observation = ResolvedObservation((Probe("p", 1, _unit(0)),), Capture((2,), "last"))
+    observer.add_request("a", _payload(observation), num_prompt=3, max_tokens=2)
+    observer.prepare_step(["b", "a"], np.array([2, 3]), np.array([0, 0]))
+    assert observer.layers_in_step == {1, 2}
+    observer.prepare_step(["b"], np.array([1]), np.array([2]))
+    assert observer.layers_in_step == frozenset()
