@@ -163,6 +163,10 @@ def test_aborted_observed_request_leaves_nothing_in_the_workers(observe_server) 
             break
         time.sleep(0.5)
     assert all(w["observed_requests"] == 0 and w["held_observations"] == 0 for w in workers), workers
+    # the pooled stores (--observe-memory, default 64 MiB) have their rows back
+    assert all(w["probe_positions_in_use"] == 0 and w["capture_vectors_in_use"] == 0 for w in workers), workers
+    assert all(w["probe_positions"] == 2**25 // 64 and w["capture_vectors"] == 2**25 // (4 * TINY_HIDDEN)
+               for w in workers), workers
     assert observe_server.is_alive()
 
 
