@@ -263,8 +263,8 @@ class Observer:
         lanes = self.lanes.lanes(T)  # [T]
         rows = self.probe_rows[:T]  # [T]
         h = stream.float()  # [T, D]
-        directions = self.probe_dir.index_select(0, lanes)  # [T, P, D]
-        proj = torch.bmm(directions, h.unsqueeze(-1)).squeeze(-1)  # [T, P]
+        # gather + multiply + sum (not bmm: T tiny matrix-vector products; inductor fuses this into one loop)
+        proj = (self.probe_dir.index_select(0, lanes) * h.unsqueeze(1)).sum(-1)  # [T, P, D] -> [T, P]
         norm = h.norm(dim=-1, keepdim=True).expand_as(proj)  # [T, P]
         mine = self.probe_at[layer].index_select(0, lanes)  # [T, P]
         self.probe_proj.index_put_((rows,), torch.where(mine, proj, self.probe_proj.index_select(0, rows)))
