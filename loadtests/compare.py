@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import platform
 import signal
@@ -58,6 +59,8 @@ def run_section(section: Section, repeats: int, log_dir: Path, eager: bool = Fal
                 for variant in order:
                     result = _run(servers[variant.plugin], section, table, variant, next(seeds))
                     runs[table.name].append({"variant": variant.name, "repeat": repeat, "result": result})
+                    with open(log_dir / "runs.jsonl", "a") as partial:  # survives a run cut by its time limit
+                        partial.write(json.dumps({"table": table.name, **runs[table.name][-1]}) + "\n")
                     print(f"[{table.name}] {variant.name} #{repeat}: {result['output_throughput']:.1f} tok/s, "
                           f"TTFT p50 {result['p50_ttft_ms']:.0f} ms, failed {result.get('failed', 0)}", flush=True)
     finally:

@@ -3,7 +3,7 @@ several holds of the CPU lock): each variant against each baseline measured in t
 of the same run, median, min-max and a 95% confidence interval (scipy: t-interval of the log
 ratios, so the interval stays positive and multiplicative).
 
-    .venv/bin/python -m loadtests.paired_ratios REPORT.json [REPORT.json ...] \
+    .venv/bin/python -m loadtests.paired_ratios REPORT.json|logs/runs.jsonl [...] \
         --table observe-cost --baselines plain-vllm,plugin-unobserved
 """
 
@@ -56,13 +56,24 @@ def markdown(reports: list[dict], table: str, baselines: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _read(path: Path) -> dict:
+    """A report.json, or the runs.jsonl compare writes as it goes (what a run cut short leaves)."""
+    if path.suffix != ".jsonl":
+        return json.loads(path.read_text())
+    tables: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
+        run = json.loads(line)
+        tables.setdefault(run.pop("table"), {"runs": []})["runs"].append(run)
+    return {"tables": tables}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reports", nargs="+", type=Path)
     parser.add_argument("--table", default="observe-cost")
     parser.add_argument("--baselines", default="plain-vllm,plugin-unobserved")
     args = parser.parse_args()
-    reports = [json.loads(path.read_text()) for path in args.reports]
+    reports = [_read(path) for path in args.reports]
     print(markdown(reports, args.table, args.baselines.split(",")), end="")
 
 

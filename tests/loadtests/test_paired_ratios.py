@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from loadtests.paired_ratios import interval, markdown, paired
+from loadtests.paired_ratios import _read, interval, markdown, paired
 
 
 def _report(values: dict[tuple[str, int], float]) -> dict:
@@ -20,3 +22,11 @@ def test_pairs_within_each_report_and_pools_them() -> None:
     assert low < 0.9 and 0.98 < high < 1.2
     table = markdown([first, second], "t", ["plain"])
     assert "| obs | 69.5 (10.0-190.0) | 0.950 (0.900-0.980)" in table and "| plain |" in table
+
+
+def test_reads_the_runs_a_cut_run_left(tmp_path) -> None:
+    lines = [{"table": "t", "variant": v, "repeat": 0, "result": {"output_throughput": x}}
+             for v, x in (("plain", 100.0), ("obs", 97.0))]
+    path = tmp_path / "runs.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert paired([_read(path)], "t", "obs", "plain") == pytest.approx([0.97])
