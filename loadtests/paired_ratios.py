@@ -56,7 +56,7 @@ def markdown(reports: list[dict], table: str, baselines: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _read(path: Path) -> dict:
+def read_report(path: Path) -> dict:
     """A report.json, or the runs.jsonl compare writes as it goes (what a run cut short leaves)."""
     if path.suffix != ".jsonl":
         return json.loads(path.read_text())
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--table", default="observe-cost")
     parser.add_argument("--baselines", default="plain-vllm,plugin-unobserved")
     args = parser.parse_args()
-    reports = [_read(path) for path in args.reports]
+    reports = [read_report(path) for path in args.reports]
     print(markdown(reports, args.table, args.baselines.split(",")), end="")
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from loadtests.paired_ratios import _read, interval, markdown, paired
+from loadtests.paired_ratios import read_report, interval, markdown, paired
 
 
 def _report(values: dict[tuple[str, int], float]) -> dict:
@@ -29,4 +29,4 @@ def test_reads_the_runs_a_cut_run_left(tmp_path) -> None:
              for v, x in (("plain", 100.0), ("obs", 97.0))]
     path = tmp_path / "runs.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    assert paired([_read(path)], "t", "obs", "plain") == pytest.approx([0.97])
+    assert paired([read_report(path)], "t", "obs", "plain") == pytest.approx([0.97])
