@@ -111,10 +111,16 @@ def load(path: Path) -> list[dict]:
 
 
 def estimate(results: list[dict], phase: str, variant: str) -> float:
-    """Seconds the next start may take: the longest like it so far, else its variant's cold start,
-    else 1.5 x the longest start (a cold steer-serve compile took up to 2x plain's on this machine)."""
-    same = [r["seconds"] for r in results if r["variant"] == variant and r["phase"] in (phase, "cold")]
-    return 1.2 * max(same) + 20 if same else 1.5 * max((r["seconds"] for r in results), default=300.0) + 20
+    """Seconds the next start may take: 1.2 x the longest like it so far; a first warm start, its
+    variant's cold start (warm ones recompile too: see the report); a first cold start, 1.5 x the
+    longest start so far (a cold steer-serve compile took up to 2x plain's on this machine)."""
+    like = [r["seconds"] for r in results if r["variant"] == variant and r["phase"] == phase]
+    cold = [r["seconds"] for r in results if r["variant"] == variant and r["phase"] == "cold"]
+    if like:
+        return 1.2 * max(like) + 20
+    if cold:
+        return max(cold) + 20
+    return 1.5 * max((r["seconds"] for r in results), default=300.0) + 20
 
 
 def run(warm: int, work: Path, budget_s: float) -> list[dict]:
