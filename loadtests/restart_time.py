@@ -140,11 +140,25 @@ def run(warm: int, work: Path, budget_s: float) -> list[dict]:
     return results
 
 
+def cache_states(results: list[dict]) -> list[str]:
+    """What each start found: "warm" when an earlier start of its variant wrote the same AOT key,
+    else "cold" (a changed launch environment changes vLLM's config hash, hence the key)."""
+    seen: dict[str, set[tuple[str, ...]]] = {v: set() for v in VARIANTS}
+    states = []
+    for r in results:
+        key = tuple(r["aot_keys"])
+        states.append("warm" if key in seen[r["variant"]] else "cold")
+        seen[r["variant"]].add(key)
+    return states
+
+
 def summary(results: list[dict]) -> dict[str, dict[str, float]]:
-    """Median seconds per phase and variant, and their ratio; a phase missing a variant has no ratio."""
+    """Median seconds per cache state and variant, and their ratio; a state missing a variant has no ratio."""
     table: dict[str, dict[str, float]] = {}
+    states = cache_states(results)
     for phase in ("cold", "warm"):
-        seconds = {v: [r["seconds"] for r in results if r["variant"] == v and r["phase"] == phase] for v in VARIANTS}
+        seconds = {v: [r["seconds"] for r, state in zip(results, states) if r["variant"] == v and state == phase]
+                   for v in VARIANTS}
         medians = {v: statistics.median(s) for v, s in seconds.items() if s}
         if len(medians) == len(VARIANTS):
             medians["ratio"] = round(medians["steer-serve"] / medians["plain"], 3)
@@ -159,13 +173,15 @@ def _cell(row: dict[str, float], key: str, digits: int) -> str:
 def markdown(results: list[dict], table: dict, context: dict) -> str:
     lines = ["# Time to healthy: steer-serve vs plain vLLM (default model, compiled)", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in context.items()), "",
-             "| phase | plain vLLM (median s) | steer-serve (median s) | steer-serve / plain |", "|---|---|---|---|"]
+             "| cache found | plain vLLM (median s) | steer-serve (median s) | steer-serve / plain |",
+             "|---|---|---|---|"]
     for phase, row in table.items():
-        lines.append(f"| {phase} | {_cell(row, 'plain', 1)} | {_cell(row, 'steer-serve', 1)} | {_cell(row, 'ratio', 3)} |")
-    lines += ["", "| start | at (UTC) | phase | variant | seconds | AOT cache key | AOT cache loaded "
-              "| AOT load failed, recompiled |", "|---|---|---|---|---|---|---|---|"]
-    for i, r in enumerate(results):
-        lines.append(f"| {i + 1} | {r.get('at', '-')} | {r['phase']} | {r['variant']} | {r['seconds']} | "
+        lines.append(f"| {phase} | {_cell(row, 'plain', 1)} | {_cell(row, 'steer-serve', 1)} | "
+                     f"{_cell(row, 'ratio', 3)} |")
+    lines += ["", "| start | at (UTC) | scheduled as | cache found | variant | seconds | AOT cache key "
+              "| AOT cache loaded | AOT load failed, recompiled |", "|---|---|---|---|---|---|---|---|---|"]
+    for i, (r, state) in enumerate(zip(results, cache_states(results))):
+        lines.append(f"| {i + 1} | {r.get('at', '-')} | {r['phase']} | {state} | {r['variant']} | {r['seconds']} | "
                      f"{', '.join(k[:12] for k in r['aot_keys']) or '-'} | {r['aot_loaded']} | "
                      f"{r['aot_load_failed']} |")
     lines += ["", "Where the time goes (seconds per start, from vLLM's log stamps, 1-s resolution):", "",

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from loadtests.restart_time import estimate, milestones, phases, schedule
+from loadtests.restart_time import cache_states, estimate, milestones, phases, schedule
 
 LOG = """(APIServer pid=1) INFO 11-28 09:17:46 [api_utils.py:286] non-default args: {'port': 1}
 (EngineCore pid=2) INFO 11-28 09:18:12 [core.py:133] Initializing a V1 LLM engine (v0.32.0) with config: x
@@ -40,3 +40,10 @@ def test_the_next_start_is_estimated_from_the_longest_like_it() -> None:
     assert estimate(done, "warm", "steer-serve") == 1.2 * 150 + 20
     assert estimate(done, "warm", "plain") == 200 + 20  # no warm plain yet: its cold start
     assert estimate(done[:1], "cold", "steer-serve") == 1.5 * 200 + 20
+
+
+def test_a_start_is_warm_only_on_a_key_its_variant_wrote_before() -> None:
+    starts = [{"variant": "plain", "aot_keys": ["a"]}, {"variant": "steer-serve", "aot_keys": ["b"]},
+              {"variant": "steer-serve", "aot_keys": ["b"]}, {"variant": "plain", "aot_keys": ["c"]},
+              {"variant": "plain", "aot_keys": ["c"]}]
+    assert cache_states(starts) == ["cold", "cold", "warm", "cold", "warm"]  # start 4: a new environment, a new key
