@@ -185,7 +185,8 @@ def markdown(results: list[dict], table: dict, context: dict) -> str:
                      f"{', '.join(k[:12] for k in r['aot_keys']) or '-'} | {r['aot_loaded']} | "
                      f"{r['aot_load_failed']} |")
     lines += ["", "Where the time goes (seconds per start, from vLLM's log stamps, 1-s resolution):", "",
-              "| step | " + " | ".join(f"{i + 1} {r['phase']} {r['variant']}" for i, r in enumerate(results)) + " |",
+              "| step | " + " | ".join(f"{i + 1} {state} {r['variant']}"
+                                       for i, (r, state) in enumerate(zip(results, cache_states(results)))) + " |",
               "|---|" + "---|" * len(results)]
     for name in PHASES:
         lines.append(f"| {name} | " + " | ".join(str(r.get("phases", {}).get(name, "-")) for r in results) + " |")
