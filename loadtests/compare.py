@@ -3,6 +3,8 @@
     .venv/bin/python -m loadtests.compare --out loadtests/reports/cpu-default     # full (~25 min on 2 cores)
     .venv/bin/python -m loadtests.compare --quick --out /tmp/smoke               # seconds-scale smoke
     .venv/bin/python -m loadtests.compare --sections observe --out loadtests/reports/observe-cost  # probes, capture
+    .venv/bin/python -m loadtests.compare --sections default --tables default-model --repeats 2 \
+        --variants plugin-unsteered,distinct-32-10L,mixed-50-50 --out DIR    # plain vs unsteered vs steered, ~9 min
 
 Variants are interleaved and repeated; the report gives medians with min-max spread and ratios
 against plain vLLM. Every run uses fresh random prompts, so no run profits from another's
@@ -19,7 +21,7 @@ import platform
 import signal
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +135,13 @@ def experiments_args(out: Path) -> tuple[str, ...]:
     return ("--experiments", str(directory), "--experiments-db", f"sqlite:///{(out / 'logs' / 'experiments.db').resolve()}")
 
 
+def keep_variants(table: Table, names: set[str]) -> Table:
+    """The table with only the named variants and the baselines they are compared with."""
+    wanted = {v.name for v in table.variants if v.name in names}
+    wanted |= {table.baseline_of(v) for v in table.variants if v.name in wanted}
+    return replace(table, variants=tuple(v for v in table.variants if v.name in wanted))
+
+
 def machine() -> dict[str, str]:
     import vllm
 
@@ -153,6 +162,10 @@ def main() -> None:
     parser.add_argument("--sections", default="overhead,moe,default,hf",
                         help="comma list of overhead,moe,default,hf,observe (observe: not in the default run)")
     parser.add_argument("--eager", action="store_true", help="both servers --enforce-eager (default: compiled)")
+    parser.add_argument("--tables", default=None,
+                        help="comma list of table names to run (e.g. default-model); default: every table")
+    parser.add_argument("--variants", default=None,
+                        help="comma list of variant names to keep (each table's baseline stays); default: every one")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: `finally` stops the servers
     wanted = set(args.sections.split(","))
@@ -169,6 +182,13 @@ def main() -> None:
         sections.append(default_model_section(default_model_dir(), args.quick, experiments_args(args.out)))
     if "observe" in wanted:
         sections.append(observe_section(default_model_dir(), args.quick))
+    if args.tables:
+        keep = set(args.tables.split(","))
+        sections = [replace(sec, tables=tuple(t for t in sec.tables if t.name in keep)) for sec in sections]
+        sections = [sec for sec in sections if sec.tables]
+    if args.variants:
+        sections = [replace(sec, tables=tuple(keep_variants(t, set(args.variants.split(","))) for t in sec.tables))
+                    for sec in sections]
     tables: dict[str, dict] = {}
     for section in sections:
         tables.update(run_section(section, args.repeats, log_dir, args.eager))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from loadtests.hook_microbench import Dims, HookedStack, build_layers, run_stack
+from loadtests.hook_microbench import Dims, HookedStack, build_layers, median_interval, run_stack, verdict
 
 DIMS = Dims("tiny", hidden=16, ffn=32, heads=2, model_layers=15, layers=6)  # 10 of 15 layers -> 4 of 6
 CPU = torch.device("cpu")
@@ -38,3 +38,12 @@ def test_idle_is_the_plain_stack_and_steering_adds_each_tokens_vectors() -> None
     steered = run_stack(stack.layers, hidden)
     assert not torch.allclose(steered, plain)
     torch.testing.assert_close(steered, _reference(stack, layers, hidden, owners), rtol=1e-5, atol=1e-5)
+
+
+def test_a_target_is_met_only_when_the_whole_interval_clears_it() -> None:
+    assert verdict((0.996, 1.01), 0.995) == "met"
+    assert verdict((0.95, 0.99), 0.995) == "missed"
+    assert verdict((0.99, 1.01), 0.995) == "not resolved"
+    ratios = [1.0, 0.97, 1.03, 1.01, 0.99, 1.02, 0.98, 1.0]
+    low, high = median_interval(ratios)
+    assert low <= 1.0 <= high and high - low < 0.06

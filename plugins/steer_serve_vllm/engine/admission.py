@@ -9,6 +9,15 @@ this step and stays queued): we wrap `Scheduler._handle_blocked_waiting_request`
 running requests plus those admitted earlier in this step, plus this one, would exceed the slots
 or the pool. Running requests are never held back; unsteered requests are never held back.
 
+Bounded wait: skipping a request that does not fit lets smaller configurations behind it in, and
+under steady load they could keep the slots and the pool busy forever, starving a large one. So
+once the oldest blocked steered request has waited `MAX_BLOCKED_STEPS` scheduler steps, it is
+*reserved*: no steered request that arrived after it is admitted (unless it shares the reserved
+configuration) until the reserved one is running. The running configurations then drain as their
+requests finish, and the reserved one fits: the pool's floor guarantees that any one valid
+configuration fits an empty pool (engine/vector_pool.py). Unsteered requests, running requests and
+preempted (formerly running) requests are never held back by a reservation.
+
 Counting all of `running` (not only this step's scheduled part) over-approximates the step's
 batch, so the worker's need is always covered; configurations are counted with the same plan the
 worker loads with (`plan_vectors`), so the numbers agree exactly.
@@ -29,6 +38,12 @@ logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "
 _NEED_ATTR = "_steer_serve_need"  # planted on vLLM's Request: (fingerprint, vectors) or None
 _STEP_ATTR = "_steer_serve_admitted"  # planted on the Scheduler during schedule(): fingerprint -> vectors
 _BUDGET_ATTR = "_steer_serve_budget"
+_BLOCKED_ATTR = "_steer_serve_blocked"  # planted on the Scheduler: request_id -> (Request, first blocked step)
+_STEPS_ATTR = "_steer_serve_steps"  # planted on the Scheduler: schedule() calls so far
+# Steps a blocked steered request waits before newer steered requests stop being admitted ahead of
+# it. Small against a request's lifetime (each step decodes one token), large enough that a
+# briefly blocked request does not serialise admission.
+MAX_BLOCKED_STEPS = 32
 _NO_STEERING = (None, 0)
 
 
@@ -70,6 +85,26 @@ def fits(admitted: dict[str, int], need: tuple[str | None, int], budget: Steerin
     return True
 
 
+def oldest_starving(blocked: dict[str, tuple[Any, int]], live: dict[str, Any], step: int) -> Any | None:
+    """Prune `blocked` to requests still waiting; the earliest-arrived one blocked for at least
+    MAX_BLOCKED_STEPS steps, or None."""
+    from vllm.v1.request import RequestStatus
+
+    for request_id, (request, _) in list(blocked.items()):
+        if live.get(request_id) is not request or request.status == RequestStatus.RUNNING:
+            del blocked[request_id]  # admitted, finished or aborted
+    starving = [request for request, since in blocked.values() if step - since >= MAX_BLOCKED_STEPS]
+    return min(starving, key=lambda r: r.arrival_time, default=None)
+
+
+def held_for(reserved: tuple[Any, str] | None, request: Any, fingerprint: str) -> bool:
+    """Must this steered waiting request stay behind the reserved (request, fingerprint)?"""
+    if reserved is None or request.num_preemptions:
+        return False
+    first, first_fingerprint = reserved
+    return request is not first and fingerprint != first_fingerprint and request.arrival_time > first.arrival_time
+
+
 def apply_admission_patches() -> None:
     """Idempotent; effective in the EngineCore process (where the scheduler runs)."""
     from vllm.v1.core.sched.scheduler import Scheduler
@@ -88,7 +123,12 @@ def apply_admission_patches() -> None:
             fingerprint, vectors = need_of(request, layers)
             if fingerprint is not None:
                 admitted[fingerprint] = vectors
-        setattr(self, _STEP_ATTR, (admitted, budget, layers))
+        step = getattr(self, _STEPS_ATTR, 0) + 1
+        setattr(self, _STEPS_ATTR, step)
+        blocked = _blocked(self)
+        starving = oldest_starving(blocked, self.requests, step) if blocked else None
+        reserved = None if starving is None else (starving, need_of(starving, layers)[0])
+        setattr(self, _STEP_ATTR, (admitted, budget, layers, step, reserved))
         try:
             return schedule(self, *args, **kwargs)
         finally:
@@ -101,14 +141,28 @@ def apply_admission_patches() -> None:
         step = getattr(self, _STEP_ATTR, None)
         if step is None:
             return True
-        admitted, budget, layers = step
-        return fits(admitted, need_of(request, layers), budget)
+        admitted, budget, layers, step_number, reserved = step
+        need = need_of(request, layers)
+        if need[0] is None:
+            return True
+        if not held_for(reserved, request, need[0]) and fits(admitted, need, budget):
+            return True
+        _blocked(self).setdefault(request.request_id, (request, step_number))
+        return False
 
     schedule_with_admission.steer_serve_wrapper = True  # type: ignore[attr-defined]
     handle_blocked_with_admission.steer_serve_wrapper = True  # type: ignore[attr-defined]
     Scheduler.schedule = schedule_with_admission
     Scheduler._handle_blocked_waiting_request = handle_blocked_with_admission
     Scheduler._steer_serve_patched = True
+
+
+def _blocked(scheduler: Any) -> dict[str, tuple[Any, int]]:
+    blocked = getattr(scheduler, _BLOCKED_ATTR, None)
+    if blocked is None:
+        blocked = {}
+        setattr(scheduler, _BLOCKED_ATTR, blocked)
+    return blocked
 
 
 def _budget(scheduler: Any) -> SteeringBudget:
