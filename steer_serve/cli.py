@@ -68,6 +68,8 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
         env["STEER_SERVE_STEERING_MEMORY"] = str(args.steering_memory)
     if args.steering_slots is not None:
         env["STEER_SERVE_STEERING_SLOTS"] = str(args.steering_slots)
+    if args.steering_projections is not None:
+        env["STEER_SERVE_STEERING_PROJECTIONS"] = str(args.steering_projections)
     if args.policy is not None:
         env["STEER_SERVE_POLICY_FILE"] = str(Path(args.policy).resolve())
     if args.probes is not None:
@@ -356,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--steering-slots", type=int, default=None,
                        help="distinct steering configurations per worker (default 256, at most --max-num-seqs); "
                             "more wait")
+    serve.add_argument("--steering-projections", type=int, default=None,
+                       help="ablate/clamp/SAE feature clamp edits allowed per layer and token phase (default 2, "
+                            "at most 16); each costs compute on every layer and step under torch.compile")
     serve.add_argument("--policy", default=None,
                        help="steering policy YAML: per caller (--api-key, by sha256) what may be steered")
     serve.add_argument("--probes", default=None,

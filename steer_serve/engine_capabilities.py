@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, NonNegativeInt
 
 from steer_serve.model_shape import ModelShape
+from steer_serve.request.resolved_steering import DEFAULT_PROJECTIONS_PER_LAYER
 
 RoutingKind = Literal["softmax_topk", "grouped_softmax_topk", "sigmoid_bias_grouped_topk"]
 
@@ -54,6 +55,7 @@ class WorkerCapabilities(BaseModel):
     architecture: str  # the adapter family that placed the hooks
     hidden_size: NonNegativeInt
     layers: list[LayerCapability]
+    projections_per_layer: NonNegativeInt = DEFAULT_PROJECTIONS_PER_LAYER  # K of its tables
 
 
 def merge(model_id: str, workers: list[WorkerCapabilities]) -> ModelShape:
@@ -89,6 +91,7 @@ def merge(model_id: str, workers: list[WorkerCapabilities]) -> ModelShape:
         model_id=model_id, stages=_stages(workers), hidden_size=first.hidden_size, num_layers=len(first.layers),
         num_heads=max(head_counts, default=0), experts_per_layer=experts, experts_per_token=top_k,
         routing=routing, expert_groups=groups, refused=refused, architecture=first.architecture,
+        projections_per_layer=min(w.projections_per_layer for w in workers),
     )
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from steer_serve.request.resolved_steering import DEFAULT_PROJECTIONS_PER_LAYER
+
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -32,6 +34,10 @@ class Settings(BaseSettings):
     )
     steering_slots: int = Field(
         256, ge=1, description="distinct steering configurations resident per worker (capped at max_num_seqs); more wait"
+    )
+    steering_projections: int = Field(
+        DEFAULT_PROJECTIONS_PER_LAYER, ge=1, le=16, description="projection edits (ablate, clamp, SAE feature clamp) per layer and token phase; "
+        "each one runs on every layer and step under torch.compile, steered or not"
     )
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body accepted")
 

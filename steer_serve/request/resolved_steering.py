@@ -21,7 +21,9 @@ import numpy as np
 
 Positions = Literal["all", "prompt", "generated"]
 PHASES: dict[str, tuple[int, ...]] = {"all": (0, 1), "prompt": (0,), "generated": (1,)}  # 0 prompt, 1 generated
-MAX_PROJECTIONS_PER_LAYER = 2  # ablate/clamp edits on one layer for one token phase
+# ablate/clamp/feature-clamp edits on one layer for one token phase, unless the server sets
+# --steering-projections (the engine's tables have that many; ModelShape.projections_per_layer)
+DEFAULT_PROJECTIONS_PER_LAYER = 2
 FORCE_LOGIT = 100.0  # exp(-100) underflows float32 softmax weights of unforced experts to ~0
 
 

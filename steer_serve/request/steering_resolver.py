@@ -17,7 +17,6 @@ from steer_serve.model_shape import ModelShape
 from steer_serve.request.conditions import ConditionCollector
 from steer_serve.request.errors import SteeringError
 from steer_serve.request.resolved_steering import (
-    MAX_PROJECTIONS_PER_LAYER,
     PHASES,
     Condition,
     LayerProjection,
@@ -136,10 +135,10 @@ class SteeringResolver:
             for phase in PHASES[proj.positions]:
                 counts[(proj.layer, phase)] += 1
         for (layer, phase), count in sorted(counts.items()):
-            if count > MAX_PROJECTIONS_PER_LAYER:
+            if count > self.shape.projections_per_layer:
                 raise SteeringError(
-                    f"{count} ablate/clamp edits on layer {layer} for {_PHASE_NAMES[phase]} tokens; "
-                    f"at most {MAX_PROJECTIONS_PER_LAYER} per layer",
+                    f"{count} ablate/clamp/feature-clamp edits on layer {layer} for {_PHASE_NAMES[phase]} tokens; "
+                    f"at most {self.shape.projections_per_layer} per layer on this server (--steering-projections)",
                     "steering.interventions",
                 )
 

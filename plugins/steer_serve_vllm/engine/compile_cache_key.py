@@ -4,7 +4,7 @@ vLLM 0.32 names both of its compile caches after `VllmConfig.compute_hash()`: th
 (`compilation/caching.py: aot_compile_hash_factors` -> `torch_compile_cache/torch_aot_compile/<key>`)
 and the inductor cache directory (`compilation/backends.py: VllmBackend.__call__`). Our decoder
 hooks are traced into the compiled graph, and `max_dose` is a Python constant baked into it (the
-table shapes set by `steering_memory` / `steering_slots` are too), but
+table shapes set by `steering_memory` / `steering_slots` / `steering_projections` are too), but
 neither is part of the config, so a server restarted with another `--max-dose` (or without the
 plugin) would find the old graph under the same key. The general plugin therefore wraps
 `compute_hash` to mix in `graph_settings()`: a new setting gives a new key, the plugin's
@@ -30,7 +30,8 @@ def graph_settings() -> dict[str, Any]:
 
     settings = Settings()
     return {"plugin": PLUGIN_NAME, "version": version("steer-serve"), "max_dose": settings.max_dose,
-            "steering_memory": settings.steering_memory, "steering_slots": settings.steering_slots}
+            "steering_memory": settings.steering_memory, "steering_slots": settings.steering_slots,
+            "steering_projections": settings.steering_projections}
 
 
 def salt_compile_cache_key() -> None:

@@ -35,7 +35,7 @@ class SteeringRuntime:
         budget = budget or steering_budget(shape.num_layers, shape.hidden_size, dtype.itemsize, max_reqs)
         self.budget = budget
         self.slots = SlotAllocator(budget.slots, budget.pool_rows)
-        self.tables = SteeringTables(shape, budget.slots, device, dtype, budget.pool_rows)
+        self.tables = SteeringTables(shape, budget.slots, device, dtype, budget.pool_rows, budget.projections)
         self.token_rows = torch.zeros(max_tokens, dtype=torch.long, device=device)  # [T_max]
         # CAST; twice max_reqs lanes: the runner keeps preempted requests until they finish
         self.conditions = ConditionState(shape.hidden_size, shape.num_layers, 2 * max_reqs, max_tokens, device)

@@ -65,8 +65,9 @@ def _router_linear(layer: nn.Module) -> nn.Module | None:
     return None
 
 
-def capabilities(model_sites: ModelSites, rank: int, hidden_size: int) -> WorkerCapabilities:
-    """This worker's report: one entry per decoder layer, refusals with their reasons."""
+def capabilities(model_sites: ModelSites, rank: int, hidden_size: int, projections: int) -> WorkerCapabilities:
+    """This worker's report: one entry per decoder layer, refusals with their reasons, and the
+    projection edits per layer its tables take."""
     layers = []
     for index, (layer, site) in enumerate(zip(model_sites.layers, model_sites.sites)):
         router = site.router
@@ -80,4 +81,4 @@ def capabilities(model_sites: ModelSites, rank: int, hidden_size: int) -> Worker
             groups_selected=router.groups_selected if router else 0,
         ))
     return WorkerCapabilities(rank=rank, architecture=model_sites.adapter.name, hidden_size=hidden_size,
-                              layers=layers)
+                              layers=layers, projections_per_layer=projections)

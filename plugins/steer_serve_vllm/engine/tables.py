@@ -16,15 +16,15 @@ import numpy as np
 import torch
 
 from steer_serve.model_shape import ModelShape
-from steer_serve.request.resolved_steering import FORCE_LOGIT, MAX_PROJECTIONS_PER_LAYER, PHASES, ResolvedSteering
+from steer_serve.request.resolved_steering import DEFAULT_PROJECTIONS_PER_LAYER, FORCE_LOGIT, PHASES, ResolvedSteering
 from steer_serve_vllm.engine.vector_pool import VectorPlan, plan_vectors
 
 
 class SteeringTables:
     def __init__(self, shape: ModelShape, num_slots: int, device: torch.device, dtype: torch.dtype,
-                 pool_rows: int) -> None:
+                 pool_rows: int, projections: int = DEFAULT_PROJECTIONS_PER_LAYER) -> None:
         rows = 2 * (num_slots + 1)
-        L, D, K = shape.num_layers, shape.hidden_size, MAX_PROJECTIONS_PER_LAYER
+        L, D, K = shape.num_layers, shape.hidden_size, projections
         self.pool = torch.zeros(pool_rows, D, device=device, dtype=dtype)  # [P, D]; row 0 stays zero
         self.add_index = torch.zeros(L, rows, device=device, dtype=torch.int32)  # [L, R] -> pool row
         # Projections (ablate, clamp, SAE feature clamp; see LayerProjection): the edit moves the

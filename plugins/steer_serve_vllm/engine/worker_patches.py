@@ -122,7 +122,7 @@ def worker_capabilities(worker: Any) -> dict[str, Any] | None:
     if model_sites is None:
         return None
     hidden = runner.model_config.hf_text_config.hidden_size
-    return capabilities(model_sites, worker.rank, hidden).model_dump()
+    return capabilities(model_sites, worker.rank, hidden, runtime_of(runner).tables.num_projections).model_dump()
 
 
 def _wrap(cls: type, name: str, after: Callable[..., None]) -> str:

@@ -28,6 +28,7 @@ from steer_serve_vllm.engine.adapters.base import Adapter, LayerSites, RouterSit
 from steer_serve_vllm.engine.layer_hooks import install_hooks
 from steer_serve_vllm.engine.runtime import SteeringRuntime
 from steer_serve_vllm.engine.sites import ModelSites
+from steer_serve_vllm.engine.vector_pool import steering_budget
 
 # What the model adapters place on vLLM's Llama-family models, spelt out for the fake layers.
 FAKE_ADAPTER = Adapter("fake", (), "layers", "pair", "self_attn.o_proj")
@@ -228,3 +229,28 @@ def test_tensor_parallel_rank_scales_only_its_own_heads() -> None:
     expected = attn.clone()
     expected[STEERED_PROMPT + STEERED_GENERATED] *= 0.5
     assert torch.allclose(layer.self_attn.o_proj.last_input, expected)
+
+
+def test_eight_projections_on_one_layer_apply_in_order_with_k_8() -> None:
+    """--steering-projections 8: eight clamps on one layer, each read after the ones before it."""
+    units = [_vector(20 + i) / np.linalg.norm(_vector(20 + i)) for i in range(8)]
+    steering = ResolvedSteering(projections=tuple(LayerProjection(1, "all", u, 0.5 * i) for i, u in enumerate(units)))
+    torch.manual_seed(0)
+    model = FakeModel()
+    x = torch.randn(T, D)
+    _, plain_residual = model.layers[1](x)
+    budget = steering_budget(LAYERS, D, 4, max_num_seqs=4, projections=8)
+    runtime = SteeringRuntime(SHAPE, max_reqs=4, max_tokens=16, device=torch.device("cpu"), dtype=torch.float32,
+                              budget=budget)
+    runtime.add_request("steered", {wire_format.EXTRA_ARGS_KEY: wire_format.encode(steering)})
+    runtime.prepare_step(REQ_IDS, np.array(SCHEDULED), np.array(COMPUTED), np.array(PROMPT))
+    install_hooks(sites(model.layers), runtime)
+    hidden, residual = model.layers[1](x)
+    steered = STEERED_PROMPT + STEERED_GENERATED
+    stream = hidden[steered] + plain_residual[steered]
+    for i, u in enumerate(units):
+        unit = torch.from_numpy(u)
+        stream = stream + (0.5 * i - stream @ unit)[:, None] * unit
+    assert runtime.tables.num_projections == 8
+    assert torch.allclose(hidden[steered] + residual[steered], stream, atol=1e-5)
+    assert torch.equal(residual[PLAIN], plain_residual[PLAIN])
