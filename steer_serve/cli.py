@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--steering-slots", type=int, default=None,
                        help="distinct steering configurations per worker (default 256, at most --max-num-seqs); "
                             "more wait")
-    serve.add_argument("--steering-projections", type=int, default=None,
+    serve.add_argument("--steering-projections", type=int, default=None, choices=range(1, 17), metavar="K",
                        help="ablate/clamp/SAE feature clamp edits allowed per layer and token phase (default 2, "
                             "at most 16); each costs compute on every layer and step under torch.compile")
     serve.add_argument("--policy", default=None,

@@ -18,6 +18,7 @@ from harness.tiny_models import TINY_HIDDEN
 from harness.completions import agreedy, assert_same_generation, assert_steering_visible
 from harness.hf_reference import Addition, FeatureClamp, Projection
 from harness.saes import saelens_model
+from harness.servers import TINY_EAGER_PROJECTIONS
 from harness.steering_cases import random_vector
 
 pytestmark = pytest.mark.slow
@@ -119,3 +120,21 @@ def test_sae_library_lists_usable_saes_and_says_why_others_are_not(tiny_eager_se
     assert {name: (e["layer"], e["d_sae"], e["architecture"]) for name, e in found.items()} == {
         "jr": (1, 256, "jumprelu"), "std": (2, 256, "standard"), "tk": (2, 256, "topk"), "rescaled": (3, 256, "jumprelu")}
     assert "d_in 64 does not match" in listing["unusable"]["other_model"]
+
+
+def test_eight_clamped_features_on_one_layer_match_hf(tiny_eager_server, tiny_saes, reference_saes, tiny_reference) -> None:
+    """--steering-projections 8 (the shared eager server): 8 clamps at one layer, applied in request
+    order, equal the HF reference with SAELens's encoder; a 9th is a 400 naming the setting."""
+    features = [(3 + 5 * i, float(i)) for i in range(TINY_EAGER_PROJECTIONS)]  # (feature, clamp value)
+    interventions = [{"type": "feature", "sae": "jr", "feature": f, "clamp": c} for f, c in features]
+    edits = [_clamp(tiny_saes, reference_saes, "jr", f, c) for f, c in features]
+    expected = tiny_reference.greedy(PROMPT, MAX_TOKENS, edits)
+    assert_steering_visible(expected, tiny_reference.greedy(PROMPT, MAX_TOKENS))
+    steered, plain = asyncio.run(_batch(tiny_eager_server, {"interventions": interventions}))
+    assert_same_generation(steered, expected)
+    assert_same_generation(plain, tiny_reference.greedy(OTHER_PROMPT, MAX_TOKENS))
+    ninth = interventions + [{"type": "feature", "sae": "jr", "feature": 200, "clamp": 1.0}]
+    body = {"model": tiny_eager_server.model, "prompt": "Hi", "max_tokens": 2, "steering": {"interventions": ninth}}
+    response = tiny_eager_server.client.post("/v1/completions", json=body)
+    assert response.status_code == 400, response.text
+    assert f"at most {TINY_EAGER_PROJECTIONS} per layer on this server (--steering-projections)" in response.json()["error"]["message"]

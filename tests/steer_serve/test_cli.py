@@ -57,6 +57,8 @@ def test_steering_memory_flags_reach_the_engine_settings(monkeypatch) -> None:
         monkeypatch.setenv(name, env[name])
     settings = Settings()
     assert (settings.steering_memory, settings.steering_slots, settings.steering_projections) == (8.0, 16, 8)
+    with pytest.raises(SystemExit):  # argparse: K in 1..16
+        _serve_args("--steering-projections", "17")
     monkeypatch.setenv("STEER_SERVE_STEERING_PROJECTIONS", "17")
     with pytest.raises(ValueError, match="steering_projections"):
         Settings()
