@@ -56,6 +56,7 @@ class WorkerCapabilities(BaseModel):
     hidden_size: NonNegativeInt
     layers: list[LayerCapability]
     projections_per_layer: NonNegativeInt = DEFAULT_PROJECTIONS_PER_LAYER  # K of its tables
+    topk_encoders: dict[str, str] = {}  # TopK SAEs whose full encoder it holds (--topk-clamp-saes): name -> content sha256
 
 
 def merge(model_id: str, workers: list[WorkerCapabilities]) -> ModelShape:
@@ -92,6 +93,8 @@ def merge(model_id: str, workers: list[WorkerCapabilities]) -> ModelShape:
         num_heads=max(head_counts, default=0), experts_per_layer=experts, experts_per_token=top_k,
         routing=routing, expert_groups=groups, refused=refused, architecture=first.architecture,
         projections_per_layer=min(w.projections_per_layer for w in workers),
+        topk_encoders={name: sha for name, sha in first.topk_encoders.items()
+                       if all(w.topk_encoders.get(name) == sha for w in workers)},
     )
 
 

@@ -34,6 +34,7 @@ class ModelShape:
     architecture: str = ""
     stages: dict[int, int] = field(default_factory=dict)
     projections_per_layer: int = DEFAULT_PROJECTIONS_PER_LAYER  # the engine's K (--steering-projections)
+    topk_encoders: dict[str, str] = field(default_factory=dict)  # TopK SAEs clampable here: name -> content sha256
 
     def stage(self, layer: int) -> int:
         """The pipeline stage that runs `layer` (0 without pipeline parallelism)."""

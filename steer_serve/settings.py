@@ -39,6 +39,10 @@ class Settings(BaseSettings):
         DEFAULT_PROJECTIONS_PER_LAYER, ge=1, le=16, description="projection edits (ablate, clamp, SAE feature clamp) per layer and token phase; "
         "each one runs on every layer and step under torch.compile, steered or not"
     )
+    topk_clamp_saes: list[str] = Field(
+        [], description="TopK SAEs of the SAE library whose clamps the engine applies: each one's full encoder "
+        "(d_in x d_sae) is held per worker and evaluated at its layer on every step under torch.compile"
+    )
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body accepted")
 
     experiments_dir: Path | None = Field(None, description="directory of experiment YAML files; None: no experiments")

@@ -132,13 +132,14 @@ def _serve(request: pytest.FixtureRequest, **kwargs) -> Server:
 def tiny_eager_server(request, tiny_llama_dir, tiny_vector_dir, tiny_sae_dir, log_dir) -> Server:
     # 8 projections per layer (eager: the projection code runs only in steps whose requests use it)
     return _serve(request, model=tiny_llama_dir, log_dir=log_dir, vector_dir=tiny_vector_dir, eager=True,
-                  extra_args=["--sae-dir", str(tiny_sae_dir), "--steering-projections", str(TINY_EAGER_PROJECTIONS)])
+                  extra_args=["--sae-dir", str(tiny_sae_dir), "--steering-projections", str(TINY_EAGER_PROJECTIONS),
+                              "--topk-clamp-saes", "tk"])
 
 
 @pytest.fixture(scope="session")
 def tiny_compiled_server(request, tiny_llama_dir, tiny_vector_dir, tiny_sae_dir, log_dir) -> Server:
     return _serve(request, model=tiny_llama_dir, log_dir=log_dir, vector_dir=tiny_vector_dir, eager=False,
-                  extra_args=["--sae-dir", str(tiny_sae_dir)])
+                  extra_args=["--sae-dir", str(tiny_sae_dir), "--topk-clamp-saes", "tk"])
 
 
 @pytest.fixture(scope="session")

@@ -52,6 +52,9 @@ class LayerProjection:
       direction = W_dec[i], offset = b_enc[i] - b_dec . W_enc[:, i] (when b_dec is applied to the
       input), threshold 0 (ReLU) or max(JumpReLU threshold, 0); `rescale` for
       constant_norm_rescale SAEs, whose reconstruction is scaled back by 1 / s.
+    - TopK SAE feature clamp (`topk` = the SAE's k): as above with threshold 0, and the feature is
+      also 0 unless its read is among the k largest pre-activations of the whole encoder, which
+      the engine holds for that layer (--topk-clamp-saes; engine/topk_encoders.py).
     """
 
     layer: int
@@ -62,6 +65,7 @@ class LayerProjection:
     offset: float = 0.0
     threshold: float = NO_THRESHOLD
     rescale: bool = False
+    topk: int = 0  # > 0: a TopK SAE's feature (the engine's resident encoder of this layer decides)
 
     @property
     def reads(self) -> np.ndarray:
@@ -139,7 +143,8 @@ class ResolvedSteering:
         for proj in self.projections:
             _update(digest, f"|proj|{proj.layer}|{proj.positions}|{proj.value!r}|", proj.direction)
             if proj.encoder is not None or proj.rescale:  # SAE feature clamps; plain projections hash as before
-                _update(digest, f"|reads|{proj.offset!r}|{proj.threshold!r}|{proj.rescale}|", proj.reads)
+                topk = f"topk{proj.topk}|" if proj.topk else ""  # only then, as for the dose
+                _update(digest, f"|reads|{proj.offset!r}|{proj.threshold!r}|{proj.rescale}|{topk}", proj.reads)
         for heads in self.head_scales:
             _update(digest, f"|heads|{heads.layer}|{heads.positions}|", heads.scales)
         for route in self.expert_routing:

@@ -1,7 +1,8 @@
 """SAE feature interventions on a real server equal the HF reference, eager and compiled.
 
 `strength` adds W_dec[i] (SAELens's decoder row); `clamp` sets the feature to a value, with the
-feature's activation computed in the reference by SAELens's own `encode` on the HF layer output.
+feature's activation computed in the reference by SAELens's own `encode` on the HF layer output
+(TopK included: both servers hold the tiny TopK SAE's full encoder, `--topk-clamp-saes tk`).
 Each case runs in one concurrent batch with an unsteered request that must equal unedited HF.
 """
 
@@ -28,6 +29,7 @@ PROMPT = [1, 504, 3458, 314, 260, 1345, 28, 357, 4110, 2113, 9097, 30]
 OTHER_PROMPT = [1, 2010, 41, 8812, 6354, 17, 3301, 2206]
 MAX_TOKENS = 8
 V = random_vector(TINY_HIDDEN, 31)
+TK_OTHER = 12  # a second TopK feature clamped to 0 (active or not: the served result must equal the reference)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +66,9 @@ def cases(tiny_saes, reference_saes) -> dict[str, tuple[dict, list]]:
             [{"type": "feature", "sae": "std", "feature": 11, "clamp": 0.0, "positions": "generated"},
              {"type": "feature", "sae": "std", "feature": 12, "clamp": 5.0, "positions": "prompt"}],
             [clamp("std", 11, 0.0, "generated"), clamp("std", 12, 5.0, "prompt")]),
+        "clamp-topk": ([{"type": "feature", "sae": "tk", "feature": 7, "clamp": 6.0},
+                        {"type": "feature", "sae": "tk", "feature": TK_OTHER, "clamp": 0.0}],
+                       [clamp("tk", 7, 6.0), clamp("tk", TK_OTHER, 0.0)]),
         "clamp-rescaled": ([{"type": "feature", "sae": "rescaled", "feature": 2, "clamp": 8.0}],
                            [clamp("rescaled", 2, 8.0)]),
         "clamp+add+ablate-one-layer": (
@@ -96,7 +101,6 @@ def test_features_match_hf_with_saelens_encoder(request, mode, tiny_saes, refere
 @pytest.mark.parametrize("steering, param, fragment", [
     ({"type": "feature", "sae": "nope", "feature": 1, "strength": 1.0}, "sae", "unknown SAE 'nope'"),
     ({"type": "feature", "sae": "jr", "feature": 256, "strength": 1.0}, "feature", "feature 256 does not exist"),
-    ({"type": "feature", "sae": "tk", "feature": 1, "clamp": 1.0}, "clamp", "clamp needs a standard or jumprelu SAE"),
     ({"type": "feature", "sae": "other_model", "feature": 1, "strength": 1.0}, "sae", "does not match the model's hidden size 128"),
     ({"type": "feature", "sae": "jr", "feature": 1}, "", "exactly one of `strength`"),
     ({"type": "feature", "sae": "jr", "feature": 1, "clamp": 1.0, "normalize": True}, "", "`normalize` applies"),

@@ -57,6 +57,9 @@ def test_steering_memory_flags_reach_the_engine_settings(monkeypatch) -> None:
         monkeypatch.setenv(name, env[name])
     settings = Settings()
     assert (settings.steering_memory, settings.steering_slots, settings.steering_projections) == (8.0, 16, 8)
+    args, _ = _serve_args("--topk-clamp-saes", "a", "b")
+    monkeypatch.setenv("STEER_SERVE_TOPK_CLAMP_SAES", serve_environment(args)["STEER_SERVE_TOPK_CLAMP_SAES"])
+    assert Settings().topk_clamp_saes == ["a", "b"]
     with pytest.raises(SystemExit):  # argparse: K in 1..16
         _serve_args("--steering-projections", "17")
     monkeypatch.setenv("STEER_SERVE_STEERING_PROJECTIONS", "17")

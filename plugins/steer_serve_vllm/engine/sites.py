@@ -65,9 +65,10 @@ def _router_linear(layer: nn.Module) -> nn.Module | None:
     return None
 
 
-def capabilities(model_sites: ModelSites, rank: int, hidden_size: int, projections: int) -> WorkerCapabilities:
-    """This worker's report: one entry per decoder layer, refusals with their reasons, and the
-    projection edits per layer its tables take."""
+def capabilities(model_sites: ModelSites, rank: int, hidden_size: int, projections: int,
+                 topk_encoders: dict[str, str]) -> WorkerCapabilities:
+    """This worker's report: one entry per decoder layer, refusals with their reasons, the
+    projection edits per layer its tables take, and the TopK encoders it holds."""
     layers = []
     for index, (layer, site) in enumerate(zip(model_sites.layers, model_sites.sites)):
         router = site.router
@@ -81,4 +82,4 @@ def capabilities(model_sites: ModelSites, rank: int, hidden_size: int, projectio
             groups_selected=router.groups_selected if router else 0,
         ))
     return WorkerCapabilities(rank=rank, architecture=model_sites.adapter.name, hidden_size=hidden_size,
-                              layers=layers, projections_per_layer=projections)
+                              layers=layers, projections_per_layer=projections, topk_encoders=topk_encoders)

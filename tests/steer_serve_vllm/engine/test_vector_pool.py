@@ -84,4 +84,4 @@ def test_k_projections_set_the_plan_the_pool_floor_and_the_table_width() -> None
         assert tables.num_projections == projections and budget.vector_capacity == 4095
         sizes[projections] = tables.nbytes
     rows = 2 * (256 + 1)
-    assert sizes[8] - sizes[2] == 32 * rows * 6 * (2 * 4 + 4 * 2)  # 2 int32 indices + 4 bf16 scalars per projection
+    assert sizes[8] - sizes[2] == 32 * rows * 6 * (2 * 4 + 4 * 2 + 1)  # 2 int32 indices, 4 bf16 scalars, 1 bool
