@@ -57,6 +57,8 @@ class Server:
         else:
             command = [sys.executable, "-m", VLLM_ENTRY, *args]
             run_env["VLLM_PLUGINS"] = ""  # an allow-list that matches no plugin
+            # what `steer-serve serve` sets besides its plugins (steer_serve/cli.py), so both launch alike
+            run_env |= {"HF_HUB_OFFLINE": "1", "VLLM_USE_V2_MODEL_RUNNER": "0"}
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=run_env,
                                         cwd=REPO_ROOT)
