@@ -83,7 +83,7 @@ def _residual_hook(runtime: SteeringRuntime, layer: int, pair: bool, max_dose: f
         offsets = tables.proj_offset[layer].index_select(0, rows)  # [T, K]
         thresholds = tables.proj_threshold[layer].index_select(0, rows)  # [T, K]
         rescales = tables.proj_rescale[layer].index_select(0, rows)  # [T, K]
-        topk_rows = tables.proj_topk[layer].index_select(0, rows) if topk is not None else None  # [T, K]
+        topk_rows = tables.proj_topk[layer].index_select(0, rows) if topk is not None and needed("topk") else None  # [T, K]
         for k in range(num_projections):
             threshold = thresholds[:, k : k + 1]  # [T, 1]
             if topk_rows is not None:  # TopK features: selected among the k largest of the current stream

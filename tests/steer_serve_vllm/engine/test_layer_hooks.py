@@ -257,7 +257,8 @@ def test_eight_projections_on_one_layer_apply_in_order_with_k_8() -> None:
     assert torch.equal(residual[PLAIN], plain_residual[PLAIN])
 
 
-def test_a_topk_feature_clamp_reads_its_feature_through_the_layers_full_encoder() -> None:
+@pytest.mark.parametrize("skip_unused", [False, True])
+def test_a_topk_feature_clamp_reads_its_feature_through_the_layers_full_encoder(skip_unused: bool) -> None:
     """A layer holding a TopK encoder: the steered tokens' TopK projection counts the feature only
     where it is among the k largest pre-activations (and positive); the plain request is untouched."""
     rng = np.random.default_rng(9)
@@ -272,7 +273,8 @@ def test_a_topk_feature_clamp_reads_its_feature_through_the_layers_full_encoder(
     _, plain_residual = model.layers[1](x)
     runtime = _runtime(ResolvedSteering(projections=(clamp,)))
     runtime.topk_encoders = TopKEncoders({1: encoder})
-    install_hooks(sites(model.layers), runtime)
+    assert "topk" in runtime.kinds_in_step
+    install_hooks(sites(model.layers), runtime, skip_unused=skip_unused)
     hidden, residual = model.layers[1](x)
     stream = hidden + plain_residual
     pre = stream @ torch.from_numpy(w_enc) + torch.from_numpy(offset)  # [T, F]
