@@ -13,6 +13,7 @@ import httpx
 
 STARTUP_TIMEOUT_S = 600
 ADMIN_KEY = "test-admin-key"  # the admin key of the test servers that have one
+TINY_EAGER_PROJECTIONS = 8  # --steering-projections of the shared tiny eager server (tests/conftest.py)
 VLLM_ENTRY = "vllm.entrypoints.launchers.api_server.entry"
 # Servers run from the repository root, so relative paths in their arguments mean the same for all.
 REPO_ROOT = Path(__file__).resolve().parents[1]

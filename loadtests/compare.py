@@ -5,6 +5,7 @@
     .venv/bin/python -m loadtests.compare --sections observe --out loadtests/reports/observe-cost  # probes, capture
     .venv/bin/python -m loadtests.compare --sections default --tables default-model --repeats 2 \
         --variants plugin-unsteered,distinct-32-10L,mixed-50-50 --out DIR    # plain vs unsteered vs steered, ~9 min
+    .venv/bin/python -m loadtests.compare --sections sae --out loadtests/reports/sae-clamp-cost   # 8 SAE clamps
 
 Variants are interleaved and repeated; the report gives medians with min-max spread and ratios
 against plain vLLM. Every run uses fresh random prompts, so no run profits from another's
@@ -32,7 +33,7 @@ from loadtests import workloads as wl
 from loadtests.git_commit import current_commit
 from loadtests.hf_baseline import hf_throughput
 from loadtests.plan import (Section, Table, Variant, default_model_section, moe_section, observe_section,
-                            overhead_section)
+                            overhead_section, sae_clamp_section)
 from loadtests.report import summarise, write_report
 from loadtests.vllm_bench import run_benchmark
 from steer_serve.default_model import default_model_dir
@@ -142,6 +143,26 @@ def keep_variants(table: Table, names: set[str]) -> Table:
     return replace(table, variants=tuple(v for v in table.variants if v.name in wanted))
 
 
+BENCH_SAE = "smollm2_l10_bench_standard"
+
+
+def bench_sae_args(out: Path) -> tuple[str, ...]:
+    """An SAE library holding the shipped SAE's weights as a standard (ReLU) SAE: clamps need a
+    standard or jumprelu SAE, and a clamp's engine cost depends only on the shapes (8 encoder and 8
+    decoder rows of D reach the engine), not on how the weights were trained."""
+    from steer_serve.library.sae_formats import read_saelens, write_saelens
+    from steer_serve.settings import REPO_CONFIGS
+
+    shipped = REPO_CONFIGS / "saes" / "smollm2_l10_topk"
+    sae = read_saelens(shipped.with_suffix(".json").read_bytes(), shipped.with_suffix(".safetensors").read_bytes())
+    directory = out / "logs" / "saes"  # not committed (11 MB): the command rebuilds it
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg, weights = write_saelens(replace(sae, architecture="standard", k=None))
+    (directory / f"{BENCH_SAE}.json").write_bytes(cfg)
+    (directory / f"{BENCH_SAE}.safetensors").write_bytes(weights)
+    return ("--sae-dir", str(directory.resolve()))
+
+
 def machine() -> dict[str, str]:
     import vllm
 
@@ -160,7 +181,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness, measures nothing")
     parser.add_argument("--sections", default="overhead,moe,default,hf",
-                        help="comma list of overhead,moe,default,hf,observe (observe: not in the default run)")
+                        help="comma list of overhead,moe,default,hf,observe,sae (observe, sae: not in the default run)")
     parser.add_argument("--eager", action="store_true", help="both servers --enforce-eager (default: compiled)")
     parser.add_argument("--tables", default=None,
                         help="comma list of table names to run (e.g. default-model); default: every table")
@@ -182,6 +203,8 @@ def main() -> None:
         sections.append(default_model_section(default_model_dir(), args.quick, experiments_args(args.out)))
     if "observe" in wanted:
         sections.append(observe_section(default_model_dir(), args.quick))
+    if "sae" in wanted:
+        sections.append(sae_clamp_section(default_model_dir(), args.quick, bench_sae_args(args.out), BENCH_SAE))
     if args.tables:
         keep = set(args.tables.split(","))
         sections = [replace(sec, tables=tuple(t for t in sec.tables if t.name in keep)) for sec in sections]

@@ -98,6 +98,23 @@ def observe_section(model_dir: Path, quick: bool) -> Section:
     return Section("observe-cost", model_dir, model, (table,))
 
 
+# Eight features of the shipped SAE (layer 10): the gloomy-side features of its report
+SAE_CLAMP_FEATURES = (576, 1070, 66, 1006, 2230, 1954, 1138, 2076)
+
+
+def sae_clamp_section(model_dir: Path, quick: bool, sae_args: tuple[str, ...], sae: str) -> Section:
+    """SmolLM2-135M at 32 concurrent requests: every request clamps 8 SAE features at layer 10
+    (issue 14's target: >= 0.95 of plain vLLM); steer-serve runs `--steering-projections 8`."""
+    variants = (
+        Variant("plain-vllm", False, wl.unsteered),
+        Variant("plugin-unsteered", True, wl.unsteered),
+        Variant("sae-clamp-8-distinct-32", True, wl.sae_clamps(sae, SAE_CLAMP_FEATURES, 32)),
+    )
+    table = Table("sae-clamp-cost", variants, 32, 8 if quick else 64, 64, 8 if quick else 64)
+    return Section("sae-clamp-cost", model_dir, wl.ModelSpec("default", 576, 30), (table,),
+                   plugin_args=(*sae_args, "--steering-projections", str(len(SAE_CLAMP_FEATURES))))
+
+
 def overhead_section(tiny_dir: Path, quick: bool) -> Section:
     """A 4-layer hidden-128 Llama at 64 concurrent requests: per-step engine work dominates."""
     model = wl.ModelSpec("tiny", 128, 4)

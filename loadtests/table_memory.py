@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from steer_serve.model_shape import ModelShape
-from steer_serve.request.resolved_steering import MAX_PROJECTIONS_PER_LAYER
+from steer_serve.request.resolved_steering import DEFAULT_PROJECTIONS_PER_LAYER
 from steer_serve_vllm.engine.tables import SteeringTables
 from steer_serve_vllm.engine.vector_pool import steering_budget
 
@@ -25,21 +25,21 @@ DTYPE = torch.bfloat16
 
 
 def formula_bytes(shape: ModelShape, max_num_seqs: int, dtype_bytes: int, experts: int = 0) -> int:
-    """P x D x b  +  L x R x ((1 + 2K) x 4 + (4K + H) x b + 4E)  +  R x 4, where
+    """P x D x b  +  L x R x ((1 + 2K) x 4 + (4K + H) x b + K + 4E)  +  R x 4, where
 
     R = 2 (min(max_num_seqs, slots) + 1) table rows, P = max(floor(memory / (D x b)), 1 + L (2 + 4K))
     pool rows. The pool holds the vectors; per layer and row: an int32 pool index for the addition
-    and two per projection (direction, encoder row), four scalars per projection, the head scales,
-    float32 router biases; per row the policy's float32 dose limit."""
+    and two per projection (direction, encoder row), four scalars and a TopK flag per projection, the
+    head scales, float32 router biases; per row the policy's float32 dose limit."""
     budget = steering_budget(shape.num_layers, shape.hidden_size, dtype_bytes, max_num_seqs)
-    rows, k = 2 * (budget.slots + 1), MAX_PROJECTIONS_PER_LAYER
-    per_row = (1 + 2 * k) * 4 + (4 * k + max(shape.num_heads, 1)) * dtype_bytes + experts * 4
+    rows, k = 2 * (budget.slots + 1), budget.projections
+    per_row = (1 + 2 * k) * 4 + (4 * k + max(shape.num_heads, 1)) * dtype_bytes + k + experts * 4
     return budget.pool_rows * shape.hidden_size * dtype_bytes + shape.num_layers * rows * per_row + rows * 4
 
 
 def per_slot_layout_bytes(shape: ModelShape, max_num_seqs: int, dtype_bytes: int) -> int:
     """Before the pool: L x R x ((1 + 2K) D + 4K + H) x b + R x 4 with R = 2 (max_num_seqs + 1)."""
-    rows, k = 2 * (max_num_seqs + 1), MAX_PROJECTIONS_PER_LAYER
+    rows, k = 2 * (max_num_seqs + 1), DEFAULT_PROJECTIONS_PER_LAYER
     per_row = (1 + 2 * k) * shape.hidden_size + 4 * k + max(shape.num_heads, 1)
     return shape.num_layers * rows * per_row * dtype_bytes + rows * 4
 

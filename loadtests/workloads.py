@@ -34,6 +34,16 @@ def distinct_vectors(model: ModelSpec, k: int, layers: int) -> SteeringFor:
     return lambda i: {"interventions": [{"type": "add", "vector": vectors[i % k], "layers": chosen, "scale": 0.5}]}
 
 
+def sae_clamps(sae: str, features: tuple[int, ...], distinct: int) -> SteeringFor:
+    """Request i clamps every feature of `features` (one SAE, so one layer); configuration i % distinct
+    (the clamp values differ between configurations)."""
+    def steering(i: int) -> dict:
+        base = 0.5 * (i % distinct)
+        return {"interventions": [{"type": "feature", "sae": sae, "feature": f, "clamp": base + j}
+                                  for j, f in enumerate(features)]}
+    return steering
+
+
 def mixed(steered: SteeringFor) -> SteeringFor:
     """Every other request steered."""
     return lambda i: steered(i) if i % 2 == 0 else None

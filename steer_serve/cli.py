@@ -4,6 +4,7 @@ experts, evaluate, ab report, observe trace, default-model."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -70,6 +71,10 @@ def serve_environment(args: argparse.Namespace) -> dict[str, str]:
         env["STEER_SERVE_OBSERVE_MEMORY"] = str(args.observe_memory)
     if args.steering_slots is not None:
         env["STEER_SERVE_STEERING_SLOTS"] = str(args.steering_slots)
+    if args.topk_clamp_saes is not None:
+        env["STEER_SERVE_TOPK_CLAMP_SAES"] = json.dumps(args.topk_clamp_saes)
+    if args.steering_projections is not None:
+        env["STEER_SERVE_STEERING_PROJECTIONS"] = str(args.steering_projections)
     if args.policy is not None:
         env["STEER_SERVE_POLICY_FILE"] = str(Path(args.policy).resolve())
     if args.probes is not None:
@@ -361,6 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--steering-slots", type=int, default=None,
                        help="distinct steering configurations per worker (default 256, at most --max-num-seqs); "
                             "more wait")
+    serve.add_argument("--steering-projections", type=int, default=None, choices=range(1, 17), metavar="K",
+                       help="ablate/clamp/SAE feature clamp edits allowed per layer and token phase (default 2, "
+                            "at most 16); each costs compute on every layer and step under torch.compile")
+    serve.add_argument("--topk-clamp-saes", nargs="+", default=None, metavar="NAME",
+                       help="TopK SAEs (names in --sae-dir) whose features may be clamped: each worker holds their "
+                            "full encoders (d_in x d_sae each) and evaluates them at their layer every step")
     serve.add_argument("--policy", default=None,
                        help="steering policy YAML: per caller (--api-key, by sha256) what may be steered")
     serve.add_argument("--probes", default=None,

@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, NonNegativeInt
 
 from steer_serve.model_shape import ModelShape
+from steer_serve.request.resolved_steering import DEFAULT_PROJECTIONS_PER_LAYER
 
 RoutingKind = Literal["softmax_topk", "grouped_softmax_topk", "sigmoid_bias_grouped_topk"]
 
@@ -54,6 +55,8 @@ class WorkerCapabilities(BaseModel):
     architecture: str  # the adapter family that placed the hooks
     hidden_size: NonNegativeInt
     layers: list[LayerCapability]
+    projections_per_layer: NonNegativeInt = DEFAULT_PROJECTIONS_PER_LAYER  # K of its tables
+    topk_encoders: dict[str, str] = {}  # TopK SAEs whose full encoder it holds (--topk-clamp-saes): name -> content sha256
 
 
 def merge(model_id: str, workers: list[WorkerCapabilities]) -> ModelShape:
@@ -89,6 +92,9 @@ def merge(model_id: str, workers: list[WorkerCapabilities]) -> ModelShape:
         model_id=model_id, stages=_stages(workers), hidden_size=first.hidden_size, num_layers=len(first.layers),
         num_heads=max(head_counts, default=0), experts_per_layer=experts, experts_per_token=top_k,
         routing=routing, expert_groups=groups, refused=refused, architecture=first.architecture,
+        projections_per_layer=min(w.projections_per_layer for w in workers),
+        topk_encoders={name: sha for name, sha in first.topk_encoders.items()
+                       if all(w.topk_encoders.get(name) == sha for w in workers)},
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from steer_serve.request.resolved_steering import DEFAULT_PROJECTIONS_PER_LAYER
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -16,6 +18,8 @@ class ModelShape:
     cannot apply it, with the reason (from the engine's capability report). `stages` maps each
     layer to the pipeline-parallel stage that runs it (empty: one stage); edits whose state one
     layer hands to another (a CAST condition and the edits it gates) must stay on one stage.
+    `projections_per_layer` bounds the ablate/clamp/feature-clamp edits per layer and token phase
+    (the engine's tables).
     """
 
     model_id: str
@@ -29,6 +33,8 @@ class ModelShape:
     refused: dict[str, dict[int, str]] = field(default_factory=dict)
     architecture: str = ""
     stages: dict[int, int] = field(default_factory=dict)
+    projections_per_layer: int = DEFAULT_PROJECTIONS_PER_LAYER  # the engine's K (--steering-projections)
+    topk_encoders: dict[str, str] = field(default_factory=dict)  # TopK SAEs clampable here: name -> content sha256
 
     def stage(self, layer: int) -> int:
         """The pipeline stage that runs `layer` (0 without pipeline parallelism)."""

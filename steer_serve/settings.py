@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from steer_serve.request.resolved_steering import DEFAULT_PROJECTIONS_PER_LAYER
+
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -36,6 +38,14 @@ class Settings(BaseSettings):
     observe_memory: float = Field(
         64.0, gt=0, description="MiB per engine worker for observation results (probe positions, captured vectors); "
                                 "observed requests beyond it get an explicit observation error")
+    steering_projections: int = Field(
+        DEFAULT_PROJECTIONS_PER_LAYER, ge=1, le=16, description="projection edits (ablate, clamp, SAE feature clamp) per layer and token phase; "
+        "each one runs on every layer and step under torch.compile, steered or not"
+    )
+    topk_clamp_saes: list[str] = Field(
+        [], description="TopK SAEs of the SAE library whose clamps the engine applies: each one's full encoder "
+        "(d_in x d_sae) is held per worker and evaluated at its layer on every step under torch.compile"
+    )
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body accepted")
 
     experiments_dir: Path | None = Field(None, description="directory of experiment YAML files; None: no experiments")

@@ -19,7 +19,7 @@ from steer_serve.default_model import default_model_dir
 from steer_serve.library.steering_vector import SteeringVector
 from steer_serve.library.vector_formats import write_vector
 from harness.hf_reference import HFReference
-from harness.servers import ADMIN_KEY, Server
+from harness.servers import ADMIN_KEY, TINY_EAGER_PROJECTIONS, Server
 from harness.steering_cases import tiny_library_directions
 from harness.tiny_models import TINY_HIDDEN, TINY_LAYERS, build_tiny_llama, build_tiny_model
 
@@ -130,14 +130,16 @@ def _serve(request: pytest.FixtureRequest, **kwargs) -> Server:
 
 @pytest.fixture(scope="session")
 def tiny_eager_server(request, tiny_llama_dir, tiny_vector_dir, tiny_sae_dir, log_dir) -> Server:
+    # 8 projections per layer (eager: the projection code runs only in steps whose requests use it)
     return _serve(request, model=tiny_llama_dir, log_dir=log_dir, vector_dir=tiny_vector_dir, eager=True,
-                  extra_args=["--sae-dir", str(tiny_sae_dir)])
+                  extra_args=["--sae-dir", str(tiny_sae_dir), "--steering-projections", str(TINY_EAGER_PROJECTIONS),
+                              "--topk-clamp-saes", "tk"])
 
 
 @pytest.fixture(scope="session")
 def tiny_compiled_server(request, tiny_llama_dir, tiny_vector_dir, tiny_sae_dir, log_dir) -> Server:
     return _serve(request, model=tiny_llama_dir, log_dir=log_dir, vector_dir=tiny_vector_dir, eager=False,
-                  extra_args=["--sae-dir", str(tiny_sae_dir)])
+                  extra_args=["--sae-dir", str(tiny_sae_dir), "--topk-clamp-saes", "tk"])
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ point steer-serve edits) is accepted as a hook point; everything else is refused
 from __future__ import annotations
 
 import hashlib
+import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -93,6 +94,11 @@ class SparseAutoencoder:
             return row
         norm = float(np.linalg.norm(row.astype(np.float64)))
         return row if norm == 0.0 else (row / norm).astype(np.float32)
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """content_sha256(), computed once (the weights never change after loading)."""
+        return self.content_sha256()
 
     def content_sha256(self) -> str:
         """Hash of the numbers and the settings that change the maths (not of file bytes)."""

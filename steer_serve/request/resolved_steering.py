@@ -21,7 +21,9 @@ import numpy as np
 
 Positions = Literal["all", "prompt", "generated"]
 PHASES: dict[str, tuple[int, ...]] = {"all": (0, 1), "prompt": (0,), "generated": (1,)}  # 0 prompt, 1 generated
-MAX_PROJECTIONS_PER_LAYER = 2  # ablate/clamp edits on one layer for one token phase
+# ablate/clamp/feature-clamp edits on one layer for one token phase, unless the server sets
+# --steering-projections (the engine's tables have that many; ModelShape.projections_per_layer)
+DEFAULT_PROJECTIONS_PER_LAYER = 2
 FORCE_LOGIT = 100.0  # exp(-100) underflows float32 softmax weights of unforced experts to ~0
 
 
@@ -50,6 +52,9 @@ class LayerProjection:
       direction = W_dec[i], offset = b_enc[i] - b_dec . W_enc[:, i] (when b_dec is applied to the
       input), threshold 0 (ReLU) or max(JumpReLU threshold, 0); `rescale` for
       constant_norm_rescale SAEs, whose reconstruction is scaled back by 1 / s.
+    - TopK SAE feature clamp (`topk` = the SAE's k): as above with threshold 0, and the feature is
+      also 0 unless its read is among the k largest pre-activations of the whole encoder, which
+      the engine holds for that layer (--topk-clamp-saes; engine/topk_encoders.py).
     """
 
     layer: int
@@ -60,6 +65,7 @@ class LayerProjection:
     offset: float = 0.0
     threshold: float = NO_THRESHOLD
     rescale: bool = False
+    topk: int = 0  # > 0: a TopK SAE's feature (the engine's resident encoder of this layer decides)
 
     @property
     def reads(self) -> np.ndarray:
@@ -111,11 +117,13 @@ class ResolvedSteering:
 
     @property
     def kinds(self) -> frozenset[str]:
-        """Which kinds of edit this configuration uses: add, projection, heads, routing (and dose, a limit on add)."""
+        """Which kinds of edit this configuration uses: add, projection, heads, routing (and dose, a limit on
+        add; topk, a TopK SAE feature clamp among the projections)."""
         present = {"add": self.additions, "projection": self.projections, "heads": self.head_scales,
                    "routing": self.expert_routing}
         kinds = {kind for kind, edits in present.items() if edits}
         kinds |= {"dose"} if self.max_dose is not None and self.additions else set()
+        kinds |= {"topk"} if any(p.topk for p in self.projections) else set()
         return frozenset(kinds | {"condition"} if self.condition is not None else kinds)
 
     @property
@@ -137,7 +145,8 @@ class ResolvedSteering:
         for proj in self.projections:
             _update(digest, f"|proj|{proj.layer}|{proj.positions}|{proj.value!r}|", proj.direction)
             if proj.encoder is not None or proj.rescale:  # SAE feature clamps; plain projections hash as before
-                _update(digest, f"|reads|{proj.offset!r}|{proj.threshold!r}|{proj.rescale}|", proj.reads)
+                topk = f"topk{proj.topk}|" if proj.topk else ""  # only then, as for the dose
+                _update(digest, f"|reads|{proj.offset!r}|{proj.threshold!r}|{proj.rescale}|{topk}", proj.reads)
         for heads in self.head_scales:
             _update(digest, f"|heads|{heads.layer}|{heads.positions}|", heads.scales)
         for route in self.expert_routing:

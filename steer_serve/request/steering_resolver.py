@@ -17,7 +17,6 @@ from steer_serve.model_shape import ModelShape
 from steer_serve.request.conditions import ConditionCollector
 from steer_serve.request.errors import SteeringError
 from steer_serve.request.resolved_steering import (
-    MAX_PROJECTIONS_PER_LAYER,
     PHASES,
     Condition,
     LayerProjection,
@@ -136,10 +135,10 @@ class SteeringResolver:
             for phase in PHASES[proj.positions]:
                 counts[(proj.layer, phase)] += 1
         for (layer, phase), count in sorted(counts.items()):
-            if count > MAX_PROJECTIONS_PER_LAYER:
+            if count > self.shape.projections_per_layer:
                 raise SteeringError(
-                    f"{count} ablate/clamp edits on layer {layer} for {_PHASE_NAMES[phase]} tokens; "
-                    f"at most {MAX_PROJECTIONS_PER_LAYER} per layer",
+                    f"{count} ablate/clamp/feature-clamp edits on layer {layer} for {_PHASE_NAMES[phase]} tokens; "
+                    f"at most {self.shape.projections_per_layer} per layer on this server (--steering-projections)",
                     "steering.interventions",
                 )
 
@@ -156,10 +155,22 @@ class SteeringResolver:
             builder.add(sae.layer, edit.positions, np.float32(edit.strength) * sae.decoder_row(edit.feature, edit.normalize))
             return
         if sae.architecture == "topk":
-            raise SteeringError(f"clamp needs a standard or jumprelu SAE; {edit.sae!r} is topk, where a feature's "
-                                "activation depends on every other feature (use `strength`)", f"{where}.clamp")
+            self._check_topk_encoder(edit.sae, sae, f"{where}.clamp")
         self._check_magnitude(float(edit.clamp), f"clamp value {edit.clamp}", f"{where}.clamp")
         builder.projections.append(feature_clamp(sae, edit.feature, float(edit.clamp), edit.positions))
+
+    def _check_topk_encoder(self, name: str, sae: "SparseAutoencoder", where: str) -> None:
+        """A TopK feature is active only among the k largest pre-activations of the whole encoder:
+        the engine must hold that encoder (--topk-clamp-saes), and the same version of it."""
+        held = self.shape.topk_encoders.get(name)
+        if held is None:
+            holds = ", ".join(sorted(self.shape.topk_encoders)) or "none"
+            raise SteeringError(f"clamp on TopK SAE {name!r} needs its full encoder on the engine (a TopK feature's "
+                                f"activation depends on every other feature); this server holds TopK encoders for: "
+                                f"{holds} (steer-serve serve --topk-clamp-saes NAME), or use `strength`", where)
+        if held != sae.sha256:
+            raise SteeringError(f"the engine holds another version of TopK SAE {name!r} (loaded at server start); "
+                                "restart the server to clamp this one", where)
 
     def _sae(self, name: str, where: str) -> "SparseAutoencoder":
         if self.saes is None:
@@ -369,7 +380,8 @@ def feature_clamp(sae: "SparseAutoencoder", feature: int, value: float, position
     offset = float(sae.b_enc[feature]) - float(sae.apply_b_dec_to_input) * float(sae.b_dec.astype(np.float64) @ encoder)
     threshold = 0.0 if sae.threshold is None else max(float(sae.threshold[feature]), 0.0)
     return LayerProjection(sae.layer, positions, sae.W_dec[feature].astype(np.float32), value, encoder=encoder,  # type: ignore[arg-type]
-                           offset=offset, threshold=threshold, rescale=sae.normalize_activations == "constant_norm_rescale")
+                           offset=offset, threshold=threshold, rescale=sae.normalize_activations == "constant_norm_rescale",
+                           topk=int(sae.k or 0) if sae.architecture == "topk" else 0)
 
 
 def _check_float32(builder: SteeringBuilder) -> None:

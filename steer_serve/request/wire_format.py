@@ -71,7 +71,8 @@ def decode(payload: str) -> tuple[str, ResolvedSteering]:
 def _projection(p: LayerProjection) -> dict[str, Any]:
     entry: dict[str, Any] = {"layer": p.layer, "positions": p.positions, "dir": _pack(p.direction), "value": p.value}
     if p.encoder is not None or p.rescale:  # an SAE feature clamp
-        entry |= {"enc": _pack(p.reads), "offset": p.offset, "threshold": p.threshold, "rescale": p.rescale}
+        entry |= {"enc": _pack(p.reads), "offset": p.offset, "threshold": p.threshold, "rescale": p.rescale,
+                  "topk": p.topk}
     return entry
 
 
@@ -80,7 +81,7 @@ def _read_projection(p: dict[str, Any]) -> LayerProjection:
     if "enc" not in p:
         return base
     return replace(base, encoder=_unpack(p["enc"]), offset=float(p["offset"]), threshold=float(p["threshold"]),
-                   rescale=bool(p["rescale"]))
+                   rescale=bool(p["rescale"]), topk=int(p.get("topk", 0)))
 
 
 def _read_condition(c: dict[str, Any]) -> Condition:

@@ -1,7 +1,8 @@
 """SAE feature interventions on a real server equal the HF reference, eager and compiled.
 
 `strength` adds W_dec[i] (SAELens's decoder row); `clamp` sets the feature to a value, with the
-feature's activation computed in the reference by SAELens's own `encode` on the HF layer output.
+feature's activation computed in the reference by SAELens's own `encode` on the HF layer output
+(TopK included: both servers hold the tiny TopK SAE's full encoder, `--topk-clamp-saes tk`).
 Each case runs in one concurrent batch with an unsteered request that must equal unedited HF.
 """
 
@@ -18,6 +19,7 @@ from harness.tiny_models import TINY_HIDDEN
 from harness.completions import agreedy, assert_same_generation, assert_steering_visible
 from harness.hf_reference import Addition, FeatureClamp, Projection
 from harness.saes import saelens_model
+from harness.servers import TINY_EAGER_PROJECTIONS
 from harness.steering_cases import random_vector
 
 pytestmark = pytest.mark.slow
@@ -27,6 +29,7 @@ PROMPT = [1, 504, 3458, 314, 260, 1345, 28, 357, 4110, 2113, 9097, 30]
 OTHER_PROMPT = [1, 2010, 41, 8812, 6354, 17, 3301, 2206]
 MAX_TOKENS = 8
 V = random_vector(TINY_HIDDEN, 31)
+TK_OTHER = 12  # a second TopK feature clamped to 0 (active or not: the served result must equal the reference)
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,9 @@ def cases(tiny_saes, reference_saes) -> dict[str, tuple[dict, list]]:
             [{"type": "feature", "sae": "std", "feature": 11, "clamp": 0.0, "positions": "generated"},
              {"type": "feature", "sae": "std", "feature": 12, "clamp": 5.0, "positions": "prompt"}],
             [clamp("std", 11, 0.0, "generated"), clamp("std", 12, 5.0, "prompt")]),
+        "clamp-topk": ([{"type": "feature", "sae": "tk", "feature": 7, "clamp": 6.0},
+                        {"type": "feature", "sae": "tk", "feature": TK_OTHER, "clamp": 0.0}],
+                       [clamp("tk", 7, 6.0), clamp("tk", TK_OTHER, 0.0)]),
         "clamp-rescaled": ([{"type": "feature", "sae": "rescaled", "feature": 2, "clamp": 8.0}],
                            [clamp("rescaled", 2, 8.0)]),
         "clamp+add+ablate-one-layer": (
@@ -95,7 +101,6 @@ def test_features_match_hf_with_saelens_encoder(request, mode, tiny_saes, refere
 @pytest.mark.parametrize("steering, param, fragment", [
     ({"type": "feature", "sae": "nope", "feature": 1, "strength": 1.0}, "sae", "unknown SAE 'nope'"),
     ({"type": "feature", "sae": "jr", "feature": 256, "strength": 1.0}, "feature", "feature 256 does not exist"),
-    ({"type": "feature", "sae": "tk", "feature": 1, "clamp": 1.0}, "clamp", "clamp needs a standard or jumprelu SAE"),
     ({"type": "feature", "sae": "other_model", "feature": 1, "strength": 1.0}, "sae", "does not match the model's hidden size 128"),
     ({"type": "feature", "sae": "jr", "feature": 1}, "", "exactly one of `strength`"),
     ({"type": "feature", "sae": "jr", "feature": 1, "clamp": 1.0, "normalize": True}, "", "`normalize` applies"),
@@ -119,3 +124,21 @@ def test_sae_library_lists_usable_saes_and_says_why_others_are_not(tiny_eager_se
     assert {name: (e["layer"], e["d_sae"], e["architecture"]) for name, e in found.items()} == {
         "jr": (1, 256, "jumprelu"), "std": (2, 256, "standard"), "tk": (2, 256, "topk"), "rescaled": (3, 256, "jumprelu")}
     assert "d_in 64 does not match" in listing["unusable"]["other_model"]
+
+
+def test_eight_clamped_features_on_one_layer_match_hf(tiny_eager_server, tiny_saes, reference_saes, tiny_reference) -> None:
+    """--steering-projections 8 (the shared eager server): 8 clamps at one layer, applied in request
+    order, equal the HF reference with SAELens's encoder; a 9th is a 400 naming the setting."""
+    features = [(3 + 5 * i, float(i)) for i in range(TINY_EAGER_PROJECTIONS)]  # (feature, clamp value)
+    interventions = [{"type": "feature", "sae": "jr", "feature": f, "clamp": c} for f, c in features]
+    edits = [_clamp(tiny_saes, reference_saes, "jr", f, c) for f, c in features]
+    expected = tiny_reference.greedy(PROMPT, MAX_TOKENS, edits)
+    assert_steering_visible(expected, tiny_reference.greedy(PROMPT, MAX_TOKENS))
+    steered, plain = asyncio.run(_batch(tiny_eager_server, {"interventions": interventions}))
+    assert_same_generation(steered, expected)
+    assert_same_generation(plain, tiny_reference.greedy(OTHER_PROMPT, MAX_TOKENS))
+    ninth = interventions + [{"type": "feature", "sae": "jr", "feature": 200, "clamp": 1.0}]
+    body = {"model": tiny_eager_server.model, "prompt": "Hi", "max_tokens": 2, "steering": {"interventions": ninth}}
+    response = tiny_eager_server.client.post("/v1/completions", json=body)
+    assert response.status_code == 400, response.text
+    assert f"at most {TINY_EAGER_PROJECTIONS} per layer on this server (--steering-projections)" in response.json()["error"]["message"]

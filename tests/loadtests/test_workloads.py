@@ -44,3 +44,38 @@ def test_observe_section_measures_each_observe_load_against_plain_vllm() -> None
     assert not names["plain-vllm"].plugin and names["plain-vllm"].observe(0) is None
     assert names["probes-2"].observe(7)["probes"] and names["capture-last-4L"].observe(7)["capture"]
     assert (table.concurrency, table.num_requests, table.output_len) == (32, 64, 64)
+
+
+def test_sae_clamp_section_resolves_8_clamps_at_one_layer_with_k_8(tmp_path) -> None:
+    """The benchmark's requests are valid on the server it starts (--steering-projections 8, the
+    shipped SAE's weights as a standard SAE) and would be refused with the default K = 2."""
+    import pytest
+
+    from loadtests.compare import BENCH_SAE, bench_sae_args
+    from loadtests.plan import SAE_CLAMP_FEATURES, sae_clamp_section
+    from steer_serve.library.sae_library import SAELibrary
+    from steer_serve.library.vector_library import VectorLibrary
+    from steer_serve.request.errors import SteeringError
+    from steer_serve.request.steering_resolver import SteeringResolver
+    from steer_serve.request.steering_spec import SteeringSpec
+    from steer_serve.settings import Settings
+
+    sae_args = bench_sae_args(tmp_path)
+    section = sae_clamp_section(Path("/m"), quick=False, sae_args=sae_args, sae=BENCH_SAE)
+    assert section.plugin_args[-2:] == ("--steering-projections", "8")
+    (table,) = section.tables
+    clamp = next(v for v in table.variants if v.name == "sae-clamp-8-distinct-32")
+    settings = Settings(vector_dir=tmp_path, sae_dir=Path(sae_args[1]))
+    resolved = {}
+    for k in (8, 2):
+        shape = ModelShape("default", DEFAULT.hidden_size, DEFAULT.num_layers, projections_per_layer=k)
+        saes = SAELibrary(settings.sae_dir, shape, poll_s=0)
+        resolver = SteeringResolver(shape, VectorLibrary.load_dir(tmp_path, shape), settings, saes=saes)
+        spec = SteeringSpec.model_validate(clamp.steering(5))
+        if k == 2:
+            with pytest.raises(SteeringError, match="--steering-projections"):
+                resolver.resolve(spec)
+        else:
+            resolved = resolver.resolve(spec)
+    assert len(resolved.projections) == len(SAE_CLAMP_FEATURES) and {p.layer for p in resolved.projections} == {10}
+    assert len({clamp.steering(i)["interventions"][0]["clamp"] for i in range(64)}) == 32

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from steer_serve.cli import build_parser, parse_layers, serve_command, serve_environment
 
 
@@ -47,9 +49,19 @@ def test_several_api_servers_use_vllms_serve_path_and_the_store_url_is_passed_on
 def test_steering_memory_flags_reach_the_engine_settings(monkeypatch) -> None:
     from steer_serve.settings import Settings
 
-    args, passthrough = _serve_args("--steering-memory", "8", "--steering-slots", "16", "--max-num-seqs", "64")
+    args, passthrough = _serve_args("--steering-memory", "8", "--steering-slots", "16", "--steering-projections", "8",
+                                    "--max-num-seqs", "64")
     env = serve_environment(args)
     assert passthrough == ["--max-num-seqs", "64"]
-    for name in ("STEER_SERVE_STEERING_MEMORY", "STEER_SERVE_STEERING_SLOTS"):
+    for name in ("STEER_SERVE_STEERING_MEMORY", "STEER_SERVE_STEERING_SLOTS", "STEER_SERVE_STEERING_PROJECTIONS"):
         monkeypatch.setenv(name, env[name])
-    assert (Settings().steering_memory, Settings().steering_slots) == (8.0, 16)
+    settings = Settings()
+    assert (settings.steering_memory, settings.steering_slots, settings.steering_projections) == (8.0, 16, 8)
+    args, _ = _serve_args("--topk-clamp-saes", "a", "b")
+    monkeypatch.setenv("STEER_SERVE_TOPK_CLAMP_SAES", serve_environment(args)["STEER_SERVE_TOPK_CLAMP_SAES"])
+    assert Settings().topk_clamp_saes == ["a", "b"]
+    with pytest.raises(SystemExit):  # argparse: K in 1..16
+        _serve_args("--steering-projections", "17")
+    monkeypatch.setenv("STEER_SERVE_STEERING_PROJECTIONS", "17")
+    with pytest.raises(ValueError, match="steering_projections"):
+        Settings()

@@ -53,10 +53,10 @@ def budget_for(vllm_config: Any, settings: Settings) -> SteeringBudget:
     text = model.hf_text_config
     return steering_budget(text.num_hidden_layers, text.hidden_size, model.dtype.itemsize,
                            vllm_config.scheduler_config.max_num_seqs, settings.steering_memory,
-                           settings.steering_slots)
+                           settings.steering_slots, settings.steering_projections)
 
 
-def need_of(request: Any, num_layers: int) -> tuple[str | None, int]:
+def need_of(request: Any, num_layers: int, projections: int) -> tuple[str | None, int]:
     """(fingerprint, pool vectors) of a vLLM Request's steering; (None, 0) without steering. Cached on the request."""
     cached = getattr(request, _NEED_ATTR, None)
     if cached is not None:
@@ -67,7 +67,7 @@ def need_of(request: Any, num_layers: int) -> tuple[str | None, int]:
     if payload is not None:
         try:
             fingerprint, steering = wire_format.decode(payload)
-            need = (fingerprint, plan_vectors(steering, num_layers).num_vectors)
+            need = (fingerprint, plan_vectors(steering, num_layers, projections).num_vectors)
         except (ValueError, KeyError, TypeError):
             pass  # the worker logs it and runs the request unsteered (runtime.add_request)
     setattr(request, _NEED_ATTR, need)
@@ -120,14 +120,14 @@ def apply_admission_patches() -> None:
         layers = self.vllm_config.model_config.hf_text_config.num_hidden_layers
         admitted: dict[str, int] = {}
         for request in self.running:
-            fingerprint, vectors = need_of(request, layers)
+            fingerprint, vectors = need_of(request, layers, budget.projections)
             if fingerprint is not None:
                 admitted[fingerprint] = vectors
         step = getattr(self, _STEPS_ATTR, 0) + 1
         setattr(self, _STEPS_ATTR, step)
         blocked = _blocked(self)
         starving = oldest_starving(blocked, self.requests, step) if blocked else None
-        reserved = None if starving is None else (starving, need_of(starving, layers)[0])
+        reserved = None if starving is None else (starving, need_of(starving, layers, budget.projections)[0])
         setattr(self, _STEP_ATTR, (admitted, budget, layers, step, reserved))
         try:
             return schedule(self, *args, **kwargs)
@@ -142,7 +142,7 @@ def apply_admission_patches() -> None:
         if step is None:
             return True
         admitted, budget, layers, step_number, reserved = step
-        need = need_of(request, layers)
+        need = need_of(request, layers, budget.projections)
         if need[0] is None:
             return True
         if not held_for(reserved, request, need[0]) and fits(admitted, need, budget):

@@ -4,7 +4,8 @@ vLLM 0.32 names both of its compile caches after `VllmConfig.compute_hash()`: th
 (`compilation/caching.py: aot_compile_hash_factors` -> `torch_compile_cache/torch_aot_compile/<key>`)
 and the inductor cache directory (`compilation/backends.py: VllmBackend.__call__`). Our decoder
 hooks are traced into the compiled graph, and `max_dose` is a Python constant baked into it (the
-table shapes set by `steering_memory` / `steering_slots` / `observe_memory` are too), but
+table shapes set by `steering_memory` / `steering_slots` / `steering_projections` / `observe_memory`
+are too, and so are the TopK encoders of `topk_clamp_saes`), but
 neither is part of the config, so a server restarted with another `--max-dose` (or without the
 plugin) would find the old graph under the same key. The general plugin therefore wraps
 `compute_hash` to mix in `graph_settings()`: a new setting gives a new key, the plugin's
@@ -16,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from steer_serve.settings import Settings
@@ -31,7 +33,16 @@ def graph_settings() -> dict[str, Any]:
     settings = Settings()
     return {"plugin": PLUGIN_NAME, "version": version("steer-serve"), "max_dose": settings.max_dose,
             "steering_memory": settings.steering_memory, "steering_slots": settings.steering_slots,
-            "observe_memory": settings.observe_memory}
+            "observe_memory": settings.observe_memory, "steering_projections": settings.steering_projections,
+            "topk_clamp_saes": {name: _file_digest(settings.sae_dir / name) for name in settings.topk_clamp_saes}}
+
+
+def _file_digest(base: Path) -> str:
+    """The TopK encoders' sizes (d_sae, k, layer) shape the traced graph: hash the SAE's files."""
+    digest = hashlib.sha256()
+    for path in (base.with_suffix(".json"), base.with_suffix(".safetensors")):
+        digest.update(path.read_bytes() if path.is_file() else b"missing")
+    return digest.hexdigest()
 
 
 def salt_compile_cache_key() -> None:

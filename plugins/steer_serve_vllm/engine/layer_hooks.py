@@ -57,6 +57,7 @@ def _residual_hook(runtime: SteeringRuntime, layer: int, pair: bool, max_dose: f
     `residual`; other layers return the stream itself ([T, D] or [1, T, D]). Out of place."""
     tables = runtime.tables
     num_projections = tables.num_projections
+    topk = runtime.topk_encoders.get(layer)  # a TopK SAE's full encoder at this layer, if the server holds one
 
     def edit(base: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
         """The edited x, where the stream is base + x (x alone when base is None); [T, D]."""
@@ -82,9 +83,13 @@ def _residual_hook(runtime: SteeringRuntime, layer: int, pair: bool, max_dose: f
         offsets = tables.proj_offset[layer].index_select(0, rows)  # [T, K]
         thresholds = tables.proj_threshold[layer].index_select(0, rows)  # [T, K]
         rescales = tables.proj_rescale[layer].index_select(0, rows)  # [T, K]
+        topk_rows = tables.proj_topk[layer].index_select(0, rows) if topk is not None and needed("topk") else None  # [T, K]
         for k in range(num_projections):
+            threshold = thresholds[:, k : k + 1]  # [T, 1]
+            if topk_rows is not None:  # TopK features: selected among the k largest of the current stream
+                threshold = torch.where(topk_rows[:, k : k + 1], topk.threshold(stream()), threshold)
             x = _project(stream(), x, directions[:, k], encoders[:, k], values[:, k : k + 1],
-                         offsets[:, k : k + 1], thresholds[:, k : k + 1], rescales[:, k : k + 1])
+                         offsets[:, k : k + 1], threshold, rescales[:, k : k + 1])
         return x
 
     def edit_layer_output(module: nn.Module, args: Any, output: Any) -> Any:

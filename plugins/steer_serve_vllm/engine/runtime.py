@@ -22,6 +22,7 @@ from steer_serve.model_shape import ModelShape
 from steer_serve_vllm.engine.conditions import ConditionState
 from steer_serve_vllm.engine.slots import SlotAllocator
 from steer_serve_vllm.engine.tables import SteeringTables
+from steer_serve_vllm.engine.topk_encoders import TopKEncoders
 from steer_serve_vllm.engine.vector_pool import SteeringBudget, steering_budget
 
 logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
@@ -35,8 +36,9 @@ class SteeringRuntime:
         budget = budget or steering_budget(shape.num_layers, shape.hidden_size, dtype.itemsize, max_reqs)
         self.budget = budget
         self.slots = SlotAllocator(budget.slots, budget.pool_rows)
-        self.tables = SteeringTables(shape, budget.slots, device, dtype, budget.pool_rows)
+        self.tables = SteeringTables(shape, budget.slots, device, dtype, budget.pool_rows, budget.projections)
         self.token_rows = torch.zeros(max_tokens, dtype=torch.long, device=device)  # [T_max]
+        self.topk_encoders = TopKEncoders()  # the worker loads --topk-clamp-saes before installing the hooks
         # CAST; twice max_reqs lanes: the runner keeps preempted requests until they finish
         self.conditions = ConditionState(shape.hidden_size, shape.num_layers, 2 * max_reqs, max_tokens, device)
         pin = device.type == "cuda"

@@ -74,8 +74,10 @@ def owned_layers(model_sites: ModelSites) -> list[int]:
     return [index for index, layer in enumerate(model_sites.layers) if _owned(layer)]
 
 
-def capabilities(model_sites: ModelSites, rank: int, hidden_size: int) -> WorkerCapabilities:
-    """This worker's report: one entry per decoder layer, refusals with their reasons."""
+def capabilities(model_sites: ModelSites, rank: int, hidden_size: int, projections: int,
+                 topk_encoders: dict[str, str]) -> WorkerCapabilities:
+    """This worker's report: one entry per decoder layer, refusals with their reasons, the
+    projection edits per layer its tables take, and the TopK encoders it holds."""
     layers = []
     for index, (layer, site) in enumerate(zip(model_sites.layers, model_sites.sites)):
         router = site.router
@@ -89,4 +91,4 @@ def capabilities(model_sites: ModelSites, rank: int, hidden_size: int) -> Worker
             groups_selected=router.groups_selected if router else 0,
         ))
     return WorkerCapabilities(rank=rank, architecture=model_sites.adapter.name, hidden_size=hidden_size,
-                              layers=layers)
+                              layers=layers, projections_per_layer=projections, topk_encoders=topk_encoders)

@@ -16,15 +16,15 @@ import numpy as np
 import torch
 
 from steer_serve.model_shape import ModelShape
-from steer_serve.request.resolved_steering import FORCE_LOGIT, MAX_PROJECTIONS_PER_LAYER, PHASES, ResolvedSteering
+from steer_serve.request.resolved_steering import DEFAULT_PROJECTIONS_PER_LAYER, FORCE_LOGIT, PHASES, ResolvedSteering
 from steer_serve_vllm.engine.vector_pool import VectorPlan, plan_vectors
 
 
 class SteeringTables:
     def __init__(self, shape: ModelShape, num_slots: int, device: torch.device, dtype: torch.dtype,
-                 pool_rows: int) -> None:
+                 pool_rows: int, projections: int = DEFAULT_PROJECTIONS_PER_LAYER) -> None:
         rows = 2 * (num_slots + 1)
-        L, D, K = shape.num_layers, shape.hidden_size, MAX_PROJECTIONS_PER_LAYER
+        L, D, K = shape.num_layers, shape.hidden_size, projections
         self.pool = torch.zeros(pool_rows, D, device=device, dtype=dtype)  # [P, D]; row 0 stays zero
         self.add_index = torch.zeros(L, rows, device=device, dtype=torch.int32)  # [L, R] -> pool row
         # Projections (ablate, clamp, SAE feature clamp; see LayerProjection): the edit moves the
@@ -35,6 +35,8 @@ class SteeringTables:
         self.proj_offset = torch.zeros(L, rows, K, device=device, dtype=dtype)  # [L, R, K]
         self.proj_threshold = torch.full((L, rows, K), float("-inf"), device=device, dtype=dtype)  # [L, R, K]
         self.proj_rescale = torch.zeros(L, rows, K, device=device, dtype=dtype)  # [L, R, K] 1: constant_norm_rescale
+        # True: a TopK SAE's feature; its threshold comes per token from the layer's encoder (topk_encoders.py)
+        self.proj_topk = torch.zeros(L, rows, K, device=device, dtype=torch.bool)  # [L, R, K]
         self.head_scale = torch.ones(L, rows, max(shape.num_heads, 1), device=device, dtype=dtype)  # [L, R, H]
         experts = max(shape.experts_per_layer.values(), default=0)
         # Router logits are float32 in vLLM's GateLinear; -inf must stay exact.
@@ -46,7 +48,8 @@ class SteeringTables:
     def nbytes(self) -> int:
         """Device memory held by the tables (reported by the engine stats route)."""
         tables = (self.pool, self.add_index, self.proj_dir_index, self.proj_enc_index, self.proj_value,
-                  self.proj_offset, self.proj_threshold, self.proj_rescale, self.head_scale, self.router_bias, self.dose)
+                  self.proj_offset, self.proj_threshold, self.proj_rescale, self.proj_topk, self.head_scale,
+                  self.router_bias, self.dose)
         return sum(t.numel() * t.element_size() for t in tables)
 
     @property
@@ -73,7 +76,8 @@ class SteeringTables:
         rows = slice(2 * slot, 2 * slot + 2)
         for table, identity in ((self.add_index, 0), (self.proj_dir_index, 0), (self.proj_enc_index, 0),
                                 (self.proj_value, 0.0), (self.proj_offset, 0.0), (self.proj_threshold, float("-inf")),
-                                (self.proj_rescale, 0.0), (self.head_scale, 1.0), (self.router_bias, 0.0)):
+                                (self.proj_rescale, 0.0), (self.proj_topk, False), (self.head_scale, 1.0),
+                                (self.router_bias, 0.0)):
             table[:, rows].fill_(identity)
         self.dose[rows] = 0.0 if steering.max_dose is None else steering.max_dose
         plan = self.plan(steering)
@@ -113,6 +117,7 @@ class SteeringTables:
             self.proj_offset[at] = proj.offset
             self.proj_threshold[at] = proj.threshold
             self.proj_rescale[at] = float(proj.rescale)
+            self.proj_topk[at] = proj.topk > 0
 
     def _load_heads(self, slot: int, steering: ResolvedSteering) -> None:
         for heads in steering.head_scales:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from steer_serve.request.resolved_steering import MAX_PROJECTIONS_PER_LAYER, PHASES, ResolvedSteering
+from steer_serve.request.resolved_steering import DEFAULT_PROJECTIONS_PER_LAYER, PHASES, ResolvedSteering
 from steer_serve.settings import Settings
 
 # 32 MiB: 4,096 pool rows of Llama-3-8B's D = 4096 in bfloat16; 256 slots (capped at max_num_seqs)
@@ -52,7 +52,7 @@ class VectorPlan:
 
 
 def plan_vectors(steering: ResolvedSteering, num_layers: int,
-                 max_projections: int = MAX_PROJECTIONS_PER_LAYER) -> VectorPlan:
+                 max_projections: int = DEFAULT_PROJECTIONS_PER_LAYER) -> VectorPlan:
     """Layers outside [0, num_layers) and projections beyond `max_projections` per (layer, phase)
     are skipped, exactly as the loader skips them."""
     sources: list[tuple[str, int]] = []
@@ -90,7 +90,7 @@ def plan_vectors(steering: ResolvedSteering, num_layers: int,
     return VectorPlan(tuple(sources), sums, additions, tuple(projections))
 
 
-def max_vectors_per_configuration(num_layers: int, max_projections: int = MAX_PROJECTIONS_PER_LAYER) -> int:
+def max_vectors_per_configuration(num_layers: int, max_projections: int = DEFAULT_PROJECTIONS_PER_LAYER) -> int:
     """Worst case of plan_vectors: per layer, two addition sums (prompt, generated) and, per phase,
     max_projections projections with their own direction and encoder rows."""
     return num_layers * (2 + 2 * max_projections * 2)
@@ -98,10 +98,12 @@ def max_vectors_per_configuration(num_layers: int, max_projections: int = MAX_PR
 
 @dataclass(frozen=True)
 class SteeringBudget:
-    """How many configurations (slots) and pool rows (row 0 included) one worker holds."""
+    """How many configurations (slots) and pool rows (row 0 included) one worker holds, and K, the
+    projection edits per layer and token phase its tables take (--steering-projections)."""
 
     slots: int
     pool_rows: int
+    projections: int = DEFAULT_PROJECTIONS_PER_LAYER
 
     @property
     def vector_capacity(self) -> int:
@@ -111,10 +113,12 @@ class SteeringBudget:
 
 def steering_budget(num_layers: int, hidden_size: int, dtype_bytes: int, max_num_seqs: int,
                     memory_mib: float = DEFAULT_STEERING_MEMORY_MIB,
-                    slots: int = DEFAULT_STEERING_SLOTS) -> SteeringBudget:
+                    slots: int = DEFAULT_STEERING_SLOTS,
+                    projections: int = DEFAULT_PROJECTIONS_PER_LAYER) -> SteeringBudget:
     """P = max(floor(memory / (D x dtype bytes)), 1 + worst case of one configuration): the pool
-    always holds the largest valid configuration, so every request can eventually run alone.
-    Slots = min(max_num_seqs, slots): a batch never holds more configurations than requests."""
+    always holds the largest valid configuration (with K = `projections`), so every request can
+    eventually run alone. Slots = min(max_num_seqs, slots): a batch never holds more
+    configurations than requests."""
     by_memory = int(memory_mib * 2**20) // (hidden_size * dtype_bytes)
-    pool_rows = max(by_memory, 1 + max_vectors_per_configuration(num_layers))
-    return SteeringBudget(slots=max(1, min(max_num_seqs, slots)), pool_rows=pool_rows)
+    pool_rows = max(by_memory, 1 + max_vectors_per_configuration(num_layers, projections))
+    return SteeringBudget(slots=max(1, min(max_num_seqs, slots)), pool_rows=pool_rows, projections=projections)

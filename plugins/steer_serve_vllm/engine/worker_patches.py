@@ -23,6 +23,7 @@ from steer_serve_vllm.engine.observe_budget import observe_budget
 from steer_serve_vllm.engine.observer import Observer
 from steer_serve_vllm.engine.runtime import SteeringRuntime
 from steer_serve_vllm.engine.sites import ModelSites, capabilities, owned_layers, place_sites
+from steer_serve_vllm.engine.topk_encoders import TopKEncoders
 from steer_serve_vllm.names import CAPABILITIES_METHOD, OBSERVE_METHOD, STATS_METHOD
 
 logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "vllm.*" only
@@ -128,7 +129,9 @@ def worker_capabilities(worker: Any) -> dict[str, Any] | None:
     if model_sites is None:
         return None
     hidden = runner.model_config.hf_text_config.hidden_size
-    return capabilities(model_sites, worker.rank, hidden).model_dump()
+    runtime = runtime_of(runner)
+    return capabilities(model_sites, worker.rank, hidden, runtime.tables.num_projections,
+                        runtime.topk_encoders.report()).model_dump()
 
 
 def _wrap(cls: type, name: str, after: Callable[..., None]) -> str:
@@ -167,6 +170,8 @@ def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
     budget = budget_for(runner.vllm_config, settings)
     runtime = SteeringRuntime(_table_shape(config, model_sites), runner.max_num_reqs, runner.max_num_tokens,
                               runner.device, runner.model_config.dtype, budget)
+    runtime.topk_encoders = TopKEncoders.load(settings.topk_clamp_saes, settings.sae_dir, config.hidden_size,
+                                              config.num_hidden_layers, runner.device, runner.model_config.dtype)
     max_dose = settings.max_dose
     eager = runner.vllm_config.compilation_config.mode == CompilationMode.NONE
     install_hooks(model_sites, runtime, max_dose, skip_unused=eager)
@@ -178,9 +183,11 @@ def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
     setattr(runner, _RUNTIME_ATTR, runtime)
     setattr(runner, _SITES_ATTR, model_sites)
     logger.info("steer-serve: %s adapter, hooks on %d decoder layers (%d with expert edits), %d slots, "
-                "%d pool vectors, tables %.1f MiB, dose guardrail %s", adapter.name, len(model_sites.layers),
+                "%d pool vectors, %d projections per layer, tables %.1f MiB, TopK encoders %s (%.1f MiB), "
+                "dose guardrail %s", adapter.name, len(model_sites.layers),
                 sum(s.router is not None for s in model_sites.sites), budget.slots, budget.vector_capacity,
-                runtime.tables.nbytes / 2**20, max_dose or "off")
+                budget.projections, runtime.tables.nbytes / 2**20, sorted(runtime.topk_encoders.report()) or "none",
+                runtime.topk_encoders.nbytes / 2**20, max_dose or "off")
 
 
 def _table_shape(config: Any, model_sites: ModelSites) -> ModelShape:

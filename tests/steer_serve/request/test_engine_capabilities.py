@@ -88,3 +88,19 @@ def test_under_pipeline_parallelism_only_the_stage_that_runs_a_layer_decides() -
 
     shape = merge("m", [stage(0), stage(1)])
     assert shape.num_heads == 2 and shape.refusal("heads", 0) is None and shape.refusal("heads", 1) is None
+
+
+def test_the_engines_projection_count_bounds_edits_per_layer(tmp_path) -> None:
+    """The workers report K (--steering-projections); the API allows K edits per layer and phase,
+    K + 1 is a 400 naming the setting, and ranks that disagree give the smallest."""
+    eight = [_rank(0).model_copy(update={"projections_per_layer": 8}), _rank(1).model_copy(update={"projections_per_layer": 9})]
+    resolver = _resolver(tmp_path, eight)
+    assert resolver.shape.projections_per_layer == 8
+    clamp = lambda value: {"type": "clamp", "vector": [1.0] + [0.0] * 7, "layers": [1], "value": value}  # noqa: E731
+    assert len(_resolve(resolver, *(clamp(float(i)) for i in range(8))).projections) == 8
+    with pytest.raises(SteeringError, match=r"9 ablate/clamp/feature-clamp edits on layer 1 .*at most 8 per layer "
+                                            r"on this server \(--steering-projections\)"):
+        _resolve(resolver, *(clamp(float(i)) for i in range(9)))
+    default = _resolver(tmp_path, [_rank(0)])
+    with pytest.raises(SteeringError, match="at most 2 per layer"):
+        _resolve(default, *(clamp(float(i)) for i in range(3)))

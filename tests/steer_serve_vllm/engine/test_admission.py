@@ -37,10 +37,10 @@ def _adds(*layers: int, value: float = 1.0) -> ResolvedSteering:
 
 def test_need_is_the_fingerprint_and_the_planned_vectors() -> None:
     steering = _adds(0, 1, 5)  # layer 5 is outside a 4-layer model: no row
-    assert need_of(_request("a", steering), num_layers=4) == (steering.fingerprint, 2)
-    assert need_of(_request("b", None), num_layers=4) == (None, 0)
+    assert need_of(_request("a", steering), num_layers=4, projections=2) == (steering.fingerprint, 2)
+    assert need_of(_request("b", None), num_layers=4, projections=2) == (None, 0)
     broken = Request("c", [1], SamplingParams(max_tokens=1, extra_args={wire_format.EXTRA_ARGS_KEY: "{x"}), None)
-    assert need_of(broken, num_layers=4) == (None, 0)  # the worker runs it unsteered and logs why
+    assert need_of(broken, num_layers=4, projections=2) == (None, 0)  # the worker runs it unsteered and logs why
 
 
 def test_a_configuration_waits_for_a_free_slot() -> None:

@@ -52,11 +52,12 @@ def test_the_plugin_itself_changes_the_key(monkeypatch, vllm_config) -> None:
 
 
 def test_the_steering_budget_changes_the_key(monkeypatch, vllm_config) -> None:
-    """The pool and slot counts are table shapes the compiled graph was traced with."""
+    """The pool, slot and projection counts are table shapes the compiled graph was traced with."""
     monkeypatch.delenv("STEER_SERVE_MAX_DOSE", raising=False)
     keys = set()
-    for memory, slots in (("32", "256"), ("8", "256"), ("32", "16")):
+    for memory, slots, projections in (("32", "256", "2"), ("8", "256", "2"), ("32", "16", "2"), ("32", "256", "8")):
         monkeypatch.setenv("STEER_SERVE_STEERING_MEMORY", memory)
         monkeypatch.setenv("STEER_SERVE_STEERING_SLOTS", slots)
+        monkeypatch.setenv("STEER_SERVE_STEERING_PROJECTIONS", projections)
         keys.add(_aot_key(vllm_config))
-    assert len(keys) == 3
+    assert len(keys) == 4

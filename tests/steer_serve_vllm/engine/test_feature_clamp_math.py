@@ -68,3 +68,55 @@ def _files(tiny) -> tuple[bytes, bytes]:
     from safetensors.numpy import save
 
     return json.dumps(tiny.cfg()).encode(), save(tiny.weights)
+
+
+def _topk_encoder(tiny, tmp_path: Path):
+    from harness.saes import write_library
+    from steer_serve_vllm.engine.topk_encoders import TopKEncoders
+
+    write_library(tmp_path / "lib", [tiny])
+    encoders = TopKEncoders.load([tiny.name], tmp_path / "lib", D, 4, torch.device("cpu"), torch.float32)
+    return encoders.get(tiny.layer)
+
+
+@pytest.mark.parametrize("extra", [{"k": 6}, {"k": 6, "normalize": "constant_norm_rescale"}])
+def test_topk_clamp_with_the_engines_encoder_equals_saelens(tmp_path: Path, extra: dict) -> None:
+    """A TopK feature's activation: the hook's threshold from the full encoder (TopKEncoder) makes
+    the projection read exactly SAELens's `encode` of that feature, selected or not, so the edit is
+    h + (c - f(h)) W_dec[i] / s on every token."""
+    tiny = random_sae("tk", 1, "topk", D, seed=7, **extra)
+    ours = read_saelens(*(_files(tiny)))
+    reference = saelens_model(tiny, tmp_path)
+    encoder = _topk_encoder(tiny, tmp_path)
+    stream = torch.from_numpy(np.random.default_rng(2).normal(size=(256, D)).astype(np.float32)) * 2
+    scale = (D ** 0.5 / stream.norm(dim=-1, keepdim=True)) if "normalize" in extra else 1.0
+    selected = 0
+    for feature in range(0, 64, 3):
+        with torch.no_grad():
+            f = reference.encode(stream)[:, feature]
+        selected += int((f > 0).sum())
+        proj = feature_clamp(ours, feature, 2.5, "all")
+        assert proj.topk == 6 and proj.threshold == 0.0
+        column = lambda x: torch.full((stream.shape[0], 1), float(x))  # noqa: E731
+        rows = lambda v: torch.from_numpy(v).expand(stream.shape[0], -1)  # noqa: E731
+        edited = stream + _project(stream, torch.zeros_like(stream), rows(proj.direction), rows(proj.reads), column(2.5),
+                                   column(proj.offset), encoder.threshold(stream), column(float(proj.rescale)))
+        expected = stream + (2.5 - f)[:, None] * torch.from_numpy(tiny.weights["W_dec"][feature]) / scale
+        torch.testing.assert_close(edited, expected, atol=1e-5, rtol=1e-5)
+    assert 0 < selected < 256 * 22  # some features selected on some tokens, not all
+
+
+def test_topk_encoders_refuse_what_they_cannot_hold(tmp_path: Path) -> None:
+    from harness.saes import write_library
+    from steer_serve_vllm.engine.topk_encoders import TopKEncoders
+
+    write_library(tmp_path, [random_sae("a", 1, "topk", D, seed=1, k=4), random_sae("b", 1, "topk", D, seed=2, k=4),
+                             random_sae("jr", 1, "jumprelu", D, seed=3)])
+    load = lambda names, hidden=D: TopKEncoders.load(names, tmp_path, hidden, 4, torch.device("cpu"), torch.float32)  # noqa: E731
+    held = load(["a"])
+    assert held.report() == {"a": read_saelens(*_files(random_sae("a", 1, "topk", D, seed=1, k=4))).content_sha256()}
+    assert held.nbytes == D * 256 * 4 + 256 * 4
+    for names, hidden, fragment in ((["a", "b"], D, "both at layer 1"), (["jr"], D, "not topk"),
+                                    (["nope"], D, "cannot read SAE 'nope'"), (["a"], 16, "do not fit the model")):
+        with pytest.raises(RuntimeError, match=fragment):
+            load(names, hidden)

@@ -28,6 +28,8 @@ from steer_serve_vllm.engine.adapters.base import Adapter, LayerSites, RouterSit
 from steer_serve_vllm.engine.layer_hooks import install_hooks
 from steer_serve_vllm.engine.runtime import SteeringRuntime
 from steer_serve_vllm.engine.sites import ModelSites
+from steer_serve_vllm.engine.topk_encoders import TopKEncoder, TopKEncoders
+from steer_serve_vllm.engine.vector_pool import steering_budget
 
 # What the model adapters place on vLLM's Llama-family models, spelt out for the fake layers.
 FAKE_ADAPTER = Adapter("fake", (), "layers", "pair", "self_attn.o_proj")
@@ -228,3 +230,57 @@ def test_tensor_parallel_rank_scales_only_its_own_heads() -> None:
     expected = attn.clone()
     expected[STEERED_PROMPT + STEERED_GENERATED] *= 0.5
     assert torch.allclose(layer.self_attn.o_proj.last_input, expected)
+
+
+def test_eight_projections_on_one_layer_apply_in_order_with_k_8() -> None:
+    """--steering-projections 8: eight clamps on one layer, each read after the ones before it."""
+    units = [_vector(20 + i) / np.linalg.norm(_vector(20 + i)) for i in range(8)]
+    steering = ResolvedSteering(projections=tuple(LayerProjection(1, "all", u, 0.5 * i) for i, u in enumerate(units)))
+    torch.manual_seed(0)
+    model = FakeModel()
+    x = torch.randn(T, D)
+    _, plain_residual = model.layers[1](x)
+    budget = steering_budget(LAYERS, D, 4, max_num_seqs=4, projections=8)
+    runtime = SteeringRuntime(SHAPE, max_reqs=4, max_tokens=16, device=torch.device("cpu"), dtype=torch.float32,
+                              budget=budget)
+    runtime.add_request("steered", {wire_format.EXTRA_ARGS_KEY: wire_format.encode(steering)})
+    runtime.prepare_step(REQ_IDS, np.array(SCHEDULED), np.array(COMPUTED), np.array(PROMPT))
+    install_hooks(sites(model.layers), runtime)
+    hidden, residual = model.layers[1](x)
+    steered = STEERED_PROMPT + STEERED_GENERATED
+    stream = hidden[steered] + plain_residual[steered]
+    for i, u in enumerate(units):
+        unit = torch.from_numpy(u)
+        stream = stream + (0.5 * i - stream @ unit)[:, None] * unit
+    assert runtime.tables.num_projections == 8
+    assert torch.allclose(hidden[steered] + residual[steered], stream, atol=1e-5)
+    assert torch.equal(residual[PLAIN], plain_residual[PLAIN])
+
+
+@pytest.mark.parametrize("skip_unused", [False, True])
+def test_a_topk_feature_clamp_reads_its_feature_through_the_layers_full_encoder(skip_unused: bool) -> None:
+    """A layer holding a TopK encoder: the steered tokens' TopK projection counts the feature only
+    where it is among the k largest pre-activations (and positive); the plain request is untouched."""
+    rng = np.random.default_rng(9)
+    w_enc = rng.standard_normal((D, 16)).astype(np.float32)  # [D, F]
+    offset = rng.standard_normal(16).astype(np.float32) * 0.1  # [F]
+    w_dec = _vector(30)
+    encoder = TopKEncoder("tk", "sha", torch.from_numpy(w_enc), torch.from_numpy(offset), 3, False)
+    clamp = LayerProjection(1, "all", w_dec, 2.0, encoder=w_enc[:, 4].copy(), offset=float(offset[4]), threshold=0.0, topk=3)
+    torch.manual_seed(0)
+    model = FakeModel()
+    x = torch.randn(T, D)
+    _, plain_residual = model.layers[1](x)
+    runtime = _runtime(ResolvedSteering(projections=(clamp,)))
+    runtime.topk_encoders = TopKEncoders({1: encoder})
+    assert "topk" in runtime.kinds_in_step
+    install_hooks(sites(model.layers), runtime, skip_unused=skip_unused)
+    hidden, residual = model.layers[1](x)
+    stream = hidden + plain_residual
+    pre = stream @ torch.from_numpy(w_enc) + torch.from_numpy(offset)  # [T, F]
+    top = torch.topk(pre, 3, dim=-1).indices
+    f = torch.where((top == 4).any(dim=-1), pre[:, 4].clamp_min(0.0), torch.zeros(T))  # SAELens's TopK, by hand
+    steered = STEERED_PROMPT + STEERED_GENERATED
+    expected = stream[steered] + (2.0 - f[steered])[:, None] * torch.from_numpy(w_dec)
+    assert torch.allclose(hidden[steered] + residual[steered], expected, atol=1e-5)
+    assert torch.equal(residual[PLAIN], plain_residual[PLAIN])

@@ -74,10 +74,11 @@ def test_stats_follow_requests_configurations_and_slots() -> None:
     runtime.prepare_step(["a", "b", "c"], np.array([1, 1, 1]), np.array([0, 0, 0]), np.array([1, 1, 1]))
     stats = runtime.stats(rank=0)
     assert (stats.live_requests, stats.live_configurations, stats.resident_slots, stats.slot_capacity) == (3, 2, 2, 4)
-    # pool P * D * 4 + L * R * ((1 + 2K) int32 indexes + 4K scalars + H head scales) * 4 bytes + R * 4 (dose)
-    # + T_max * 8 bytes, with R = 2 * (4 + 1) and no experts
+    # pool P * D * 4 + L * R * ((1 + 2K) int32 indexes + 4K scalars + H head scales) * 4 bytes + L * R * K
+    # (TopK flags) + R * 4 (dose) + T_max * 8 bytes, with R = 2 * (4 + 1) and no experts
     rows, k = 10, runtime.tables.num_projections
-    assert stats.table_bytes == POOL_ROWS * 4 * 4 + 3 * rows * (1 + 2 * k + 4 * k + 2) * 4 + rows * 4 + 16 * 8
+    assert stats.table_bytes == (POOL_ROWS * 4 * 4 + 3 * rows * (1 + 2 * k + 4 * k + 2) * 4 + 3 * rows * k
+                                 + rows * 4 + 16 * 8)
     assert (stats.vector_capacity, stats.vectors_in_use, stats.pool_bytes) == (POOL_ROWS - 1, 2, POOL_ROWS * 16)
     for req_id in ("a", "b", "c"):
         runtime.remove_request(req_id)

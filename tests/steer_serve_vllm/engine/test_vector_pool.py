@@ -63,3 +63,25 @@ def test_default_budget_for_an_8b_model_is_at_most_64_mib_whatever_max_num_seqs(
         tables = SteeringTables(shape, budget.slots, torch.device("meta"), torch.bfloat16, budget.pool_rows)
         assert budget.slots == 256 and budget.vector_capacity == 4095
         assert tables.nbytes <= 64 * 2**20, (max_num_seqs, tables.nbytes)
+
+
+def test_k_projections_set_the_plan_the_pool_floor_and_the_table_width() -> None:
+    """--steering-projections K: K edits per (layer, phase) are planned, the worst configuration with
+    K still fits the smallest pool, and the tables are K wide (memory: only the [L, R, K] scalars)."""
+    layers, k = 3, 8
+    worst = tuple(LayerProjection(layer, phase, _v(0.5), 1.0, encoder=_v(1.0))
+                  for layer in range(layers) for phase in ("prompt", "generated") for _ in range(k + 1))
+    plan = plan_vectors(ResolvedSteering(projections=worst), num_layers=layers, max_projections=k)
+    assert len(plan.projections) == layers * 2 * k and plan.num_vectors == layers * 2 * k * 2
+    tiny = steering_budget(layers, hidden_size=4, dtype_bytes=4, max_num_seqs=8, memory_mib=1e-6, projections=k)
+    assert tiny.projections == k and tiny.vector_capacity == max_vectors_per_configuration(layers, k) == layers * (2 + 4 * k)
+    shape = ModelShape("llama-3-8b", hidden_size=4096, num_layers=32, num_heads=32)
+    sizes = {}
+    for projections in (2, 8):
+        budget = steering_budget(32, 4096, 2, 256, projections=projections)
+        tables = SteeringTables(shape, budget.slots, torch.device("meta"), torch.bfloat16, budget.pool_rows,
+                                budget.projections)
+        assert tables.num_projections == projections and budget.vector_capacity == 4095
+        sizes[projections] = tables.nbytes
+    rows = 2 * (256 + 1)
+    assert sizes[8] - sizes[2] == 32 * rows * 6 * (2 * 4 + 4 * 2 + 1)  # 2 int32 indices, 4 bf16 scalars, 1 bool
