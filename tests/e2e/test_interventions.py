@@ -283,6 +283,7 @@ def ranks_merged(engine, kind: str) -> None:
     assert engine.shape.num_heads == config.num_attention_heads
     assert engine.shape.experts_per_layer == {layer: config.num_local_experts for layer in range(LAYERS)}
     assert engine.shape.refused == {"residual": {}, "heads": {}, "experts": {}}
+    assert engine.shape.stages == {}  # tensor, not pipeline, parallel: both ranks run every layer
 
 
 def expected_generations(reference, kind: str, mode: str) -> Expected:
