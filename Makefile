@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make serve` (the server on the default model) and `make test`.
 # Both install everything first (scripts/setup.sh, idempotent).
-.PHONY: setup serve test test-fast test-architectures loadtest loadtest-compare
+.PHONY: setup serve test test-fast loadtest loadtest-compare
 
 PORT ?= 8000
 export HF_HUB_OFFLINE := 1
@@ -13,12 +13,7 @@ serve: setup
 
 # Two pytest-xdist workers, one per core (tests/conftest.py: one worker per module, OpenMP binding per worker).
 test: setup
-	.venv/bin/python -m pytest tests -q -n 2 -m "not architectures" $(ARGS)
-
-# The architecture x intervention matrix over HTTP, one real server per cell, TP=2 included (23 servers,
-# ~50 min on 2 cores); `make test` runs the same matrix on vLLM's in-process engine.
-test-architectures: setup
-	.venv/bin/python -m pytest tests/e2e/test_interventions.py -q -m architectures $(ARGS)
+	.venv/bin/python -m pytest tests -q -n 2 $(ARGS)
 
 test-fast: setup
 	.venv/bin/python -m pytest tests -q -m "not slow" $(ARGS)

@@ -28,8 +28,11 @@ from harness.completions import completion_body
 from harness.hf_reference import Generation
 
 PATH = "/v1/completions"
-# engine core and worker in this process; the KV cache small (GiB), as the test servers have it
-ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+# engine core and worker in this process; the KV cache small (GiB), as the test servers have it; TP
+# worker processes still alive 1 s after shutdown get SIGTERM (vLLM's default grace, 5 s, is what
+# they take to exit on their own; read when the engine starts: vLLM caches every VLLM_* variable then)
+ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
+              "VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS": "1"}
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,18 @@ Request = tuple[list[int], dict | None, int]  # (prompt token ids, steering obje
 
 class InProcessEngine:
     """One vLLM engine in this process; `compile_backend` None means eager; `custom_ops` as vLLM's
-    `--compilation-config '{"custom_ops": [...]}'` ("-name" switches one off)."""
+    `--compilation-config '{"custom_ops": [...]}'` ("-name" switches one off); `env` (e.g. the
+    OpenMP binding) set while the engine starts.
+
+    `tensor_parallel_size` > 1: the engine core stays in this process and vLLM's multiprocessing
+    executor spawns one worker process per rank (the CPU platform forces `spawn`); each imports
+    vLLM afresh and loads the general plugins from their entry points, so our plugin patches every
+    rank's runner as in a server. The workers inherit the environment at spawn: `env` is where
+    each rank's core goes (VLLM_CPU_OMP_THREADS_BIND="0|1")."""
 
     def __init__(self, model: Path, vector_dir: Path, *, compile_backend: str | None = None,
-                 attention_backend: str | None = None, custom_ops: tuple[str, ...] = ()) -> None:
+                 attention_backend: str | None = None, custom_ops: tuple[str, ...] = (),
+                 tensor_parallel_size: int = 1, env: dict[str, str] | None = None) -> None:
         import torch
 
         # vLLM's CPU worker replaces torch.set_num_threads process-wide; the tests' HF references need it back
@@ -63,7 +74,8 @@ class InProcessEngine:
         from steer_serve_vllm.names import CAPABILITIES_METHOD
 
         options: dict[str, Any] = dict(model=str(model), dtype="float32", max_model_len=1024, max_num_seqs=32,
-                                       seed=0, enforce_eager=compile_backend is None)
+                                       seed=0, enforce_eager=compile_backend is None,
+                                       tensor_parallel_size=tensor_parallel_size)
         compilation: dict[str, Any] = {"custom_ops": list(custom_ops)} if custom_ops else {}
         if compile_backend is not None:
             compilation["backend"] = compile_backend
@@ -72,11 +84,13 @@ class InProcessEngine:
         if attention_backend is not None:
             options["attention_backend"] = attention_backend
         self.model = str(model)
-        with _environment(ENGINE_ENV):
+        with _environment(ENGINE_ENV | (env or {})):
             self.llm = LLM(**options)
         answers = self.llm.collective_rpc(CAPABILITIES_METHOD)
-        workers = [WorkerCapabilities.model_validate(a) for a in answers if a is not None]
-        self.shape = merge(self.model, sorted(workers, key=lambda w: w.rank))
+        # one report per rank (TP: one per worker process), merged as the API process merges them
+        self.workers = sorted((WorkerCapabilities.model_validate(a) for a in answers if a is not None),
+                              key=lambda w: w.rank)
+        self.shape = merge(self.model, self.workers)
         library = VectorLibrary.load_dir(vector_dir, self.shape)
         resolver = SteeringResolver(self.shape, library, Settings(vector_dir=vector_dir))
         self.gateway = RequestGateway(resolver)

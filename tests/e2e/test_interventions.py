@@ -8,13 +8,14 @@ The same engine then answers the no-silent-no-op property: every edit the API ac
 the logprobs, every edit the engine cannot apply is a 400 naming the layer.
 
 The engine is vLLM's own, in this process, behind the API's own gateway (`test_architecture`;
-harness/in_process_engine.py), or a real server over HTTP (`test_architecture_over_http`).
+harness/in_process_engine.py); Mixtral also at tensor parallel size 2 (two worker processes,
+heads and expert weights split across ranks). Over HTTP: the dose guardrail on real servers
+(`test_architecture_over_http`) and the no-op property on the session's tiny Llama server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import functools
 from typing import Callable
 
@@ -97,10 +98,8 @@ def cases_for(kind: str) -> dict[str, tuple[dict, list]]:
     return cases | {DOSE: combine(add(V1, [1, 2], 0.4, max_dose=MAX_DOSE))}
 
 
+# Real servers (the dose guardrail is the API's, set at start or by a policy)
 MODES = {
-    "eager": dict(eager=True),
-    "compiled": dict(eager=False),
-    "tp2": dict(eager=True, extra_args=["--tensor-parallel-size", "2"], env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"}),
     "dose": dict(eager=True, env={"STEER_SERVE_MAX_DOSE": str(MAX_DOSE)}),
     # the same limit from a steering policy: per request, a row of the steering tables (eager and compiled)
     "policy-dose": dict(eager=True),
@@ -111,17 +110,20 @@ DOSE_POLICY = f"default: {{max_dose: {MAX_DOSE}}}\n"
 COMBINED = ("add+ablate+heads", "add+ablate+experts+heads", "heads-mask-and-scale", "experts-force",
             "experts-favoured-off", "experts-disfavoured-forced")
 # Compiled: one architecture per kind of hook site (one-tensor layers, (hidden, residual) layers, each
-# routing kind); TP=2 on one dense and one MoE architecture.
+# routing kind). TP=2: Mixtral, eager (heads split across ranks, router replicated, expert weights
+# sharded; the residual edits are on the all-reduced layer output).
 COMPILED = ("gpt2", "mixtral", "deepseek_v2", "deepseek_v3")
 TP2 = ("mixtral",)
 EAGER = DENSE_KINDS + MOE_KINDS
+# The two TP ranks' OpenMP threads on the two cores (one each), as a TP=2 server on this machine has
+# them; under `make test` the other xdist worker's core is shared for the TP engine's ~1 min.
+TP2_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
 
 
 # CI (`make test`) runs the matrix in process (harness/in_process_engine.py: vLLM's engine behind
 # the API's own gateway, one engine per (architecture, mode), ~5-15 s each instead of a ~50 s
-# server). Over HTTP in CI: the dose modes, and the no-silent-no-op property on the session's tiny
-# Llama server. The whole matrix over HTTP, TP=2 included, is
-# `make test-architectures` (marker `architectures`; 23 servers, ~50 min on 2 cores).
+# server; TP=2 ~35 s, its two workers are processes). Over HTTP in CI: the dose modes, and the
+# no-silent-no-op property on the session's tiny Llama server.
 COMPILE_BACKEND = "inductor"  # vLLM's default on CPU: what a served compiled model runs
 # Compiled DeepSeek: HF equality and the no-op property (one engine answers both).
 COMPILED_CHECKS = {"gpt2": ("hf",), "mixtral": ("hf",), "deepseek_v2": ("hf", "no-op"), "deepseek_v3": ("hf", "no-op")}
@@ -129,20 +131,9 @@ COMPILED_CHECKS = {"gpt2": ("hf",), "mixtral": ("hf",), "deepseek_v2": ("hf", "n
 
 def _in_process_runs() -> list:
     runs = [(kind, "compiled", check) for kind in COMPILED for check in COMPILED_CHECKS[kind]]
+    runs += [(kind, "tp2", check) for kind in TP2 for check in ("hf", "no-op", "ranks")]
     runs += [(kind, "eager", check) for kind in EAGER for check in ("hf", "no-op")]
     return [pytest.param(*run) for run in runs]
-
-
-HTTP_IN_MAKE_TEST = {("llama", mode, "hf") for mode in DOSE_MODES}
-
-
-def _http_runs() -> list:
-    """(architecture, mode, check), grouped by server: each (architecture, mode) starts once."""
-    runs = ([(kind, "compiled", "hf") for kind in COMPILED] + [(kind, "tp2", "hf") for kind in TP2]
-            + [("llama", mode, "hf") for mode in DOSE_MODES]
-            + [(kind, "eager", check) for kind in EAGER for check in ("hf", "no-op")])
-    marks = {run: [pytest.mark.architectures] * (run not in HTTP_IN_MAKE_TEST) for run in runs}
-    return [pytest.param(*run, marks=marks[run]) for run in runs]
 
 
 def _cases_in(kind: str, mode: str) -> dict[str, tuple[dict, list]]:
@@ -150,7 +141,7 @@ def _cases_in(kind: str, mode: str) -> dict[str, tuple[dict, list]]:
     if mode in DOSE_MODES:
         return {DOSE: cases[DOSE]}
     cases.pop(DOSE)
-    return cases if mode == "eager" else {name: case for name, case in cases.items() if name in COMBINED}
+    return cases if mode in ("eager", "tp2") else {name: case for name, case in cases.items() if name in COMBINED}
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +159,9 @@ def engines(tiny_model, tmp_path_factory) -> OneAtATime:
         engine = InProcessEngine(tiny_model(kind), vector_dir,
                                  compile_backend=COMPILE_BACKEND if mode == "compiled" else None,
                                  attention_backend="CPU_MLA" if kind in MLA else None,
-                                 custom_ops=MLA_CUSTOM_OPS if kind in MLA else ())
+                                 custom_ops=MLA_CUSTOM_OPS if kind in MLA else (),
+                                 tensor_parallel_size=2 if mode == "tp2" else 1,
+                                 env=TP2_ENV if mode == "tp2" else None)
         return engine, expected
 
     pool = OneAtATime(start, lambda value: value[0].close())
@@ -178,7 +171,7 @@ def engines(tiny_model, tmp_path_factory) -> OneAtATime:
 
 @pytest.fixture(scope="module")
 def servers(tiny_model, log_dir, tmp_path_factory) -> OneAtATime:
-    """A server (and HF reference) per (architecture, mode), one alive at a time."""
+    """A server (and HF reference) per (architecture, dose mode), one alive at a time."""
     from harness.hf_reference import HFReference
 
     policy = tmp_path_factory.mktemp("policy") / "dose.yaml"
@@ -189,9 +182,6 @@ def servers(tiny_model, log_dir, tmp_path_factory) -> OneAtATime:
         options = dict(MODES[mode])
         if mode.startswith("policy"):
             options["extra_args"] = ["--policy", str(policy)]
-        if kind in MLA:  # vLLM prefers AMX_MLA where AMX exists; it needs bf16/fp16 weights, not float32
-            options["extra_args"] = [*options.get("extra_args", []), "--attention-backend", "CPU_MLA",
-                                     "--compilation-config", json.dumps({"custom_ops": list(MLA_CUSTOM_OPS)})]
         expected = expected_generations(HFReference(tiny_model(kind)), kind, mode)
         return Server(tiny_model(kind), log_dir, **options).wait_ready(), expected
 
@@ -263,10 +253,13 @@ def test_no_silent_no_op_over_http(tiny_eager_server) -> None:
 @pytest.mark.parametrize("kind, mode, check", _in_process_runs(), ids=lambda v: v)
 def test_architecture(engines, kind: str, mode: str, check: str, record_property) -> None:
     engine, expected = engines.get((kind, mode))
-    _check(engine.complete, expected, kind, mode, check, record_property)
+    if check == "ranks":
+        ranks_merged(engine, kind)
+    else:
+        _check(engine.complete, expected, kind, mode, check, record_property)
 
 
-@pytest.mark.parametrize("kind, mode, check", _http_runs(), ids=lambda v: v)
+@pytest.mark.parametrize("kind, mode, check", [("llama", mode, "hf") for mode in DOSE_MODES], ids=lambda v: v)
 def test_architecture_over_http(servers, kind: str, mode: str, check: str, record_property) -> None:
     server, expected = servers.get((kind, mode))
     _check(functools.partial(_over_http, server), expected, kind, mode, check, record_property)
@@ -277,6 +270,20 @@ def _check(complete: Complete, expected: Expected, kind: str, mode: str, check: 
         matches_hf_in_mixed_batch(complete, expected, kind, mode, record_property)
     else:
         no_silent_no_op(complete, kind)
+
+
+def ranks_merged(engine, kind: str) -> None:
+    """TP=2: each rank reports its own head of every layer (rank r: head r) and every expert (vLLM
+    shards each expert's weights, not the experts); the API's shape is their merge."""
+    config = CONFIGS[kind]
+    ranks = [(w.rank, [(c.heads, c.first_head, c.experts, c.routing) for c in w.layers]) for w in engine.workers]
+    per_layer = config.num_attention_heads // 2
+    assert ranks == [(r, [(per_layer, r * per_layer, config.num_local_experts, "softmax_topk")] * LAYERS)
+                     for r in (0, 1)]
+    assert engine.shape.num_heads == config.num_attention_heads
+    assert engine.shape.experts_per_layer == {layer: config.num_local_experts for layer in range(LAYERS)}
+    assert engine.shape.refused == {"residual": {}, "heads": {}, "experts": {}}
+    assert engine.shape.stages == {}  # tensor, not pipeline, parallel: both ranks run every layer
 
 
 def expected_generations(reference, kind: str, mode: str) -> Expected:
