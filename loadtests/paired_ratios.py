@@ -34,6 +34,8 @@ def interval(ratios: list[float]) -> tuple[float, float]:
     logs = [math.log(r) for r in ratios]
     if len(logs) < 2:
         return float("nan"), float("nan")
+    if max(logs) == min(logs):  # no spread: the t-interval is the point itself (scipy would give nan)
+        return ratios[0], ratios[0]
     low, high = stats.t.interval(0.95, len(logs) - 1, loc=statistics.mean(logs), scale=stats.sem(logs))
     return math.exp(low), math.exp(high)
 
