@@ -16,7 +16,8 @@ the hooks themselves are generic:
   edited in its selection score instead (engine/selection.py).
 Hooks are installed before the first forward pass: torch.compile traces them in, later hooks
 would be ignored by the compiled graph. In eager mode (`skip_unused`), a hook skips the kinds of
-edit no request of the step uses, so unsteered batches cost almost nothing; a compiled graph
+edit no request of the step uses, and runs only the projection slots the step's requests fill at its
+layer (none on most layers), so unsteered batches cost almost nothing; a compiled graph
 cannot branch on per-step data, so there every hook always runs (on identity rows when unused).
 """
 
@@ -36,10 +37,13 @@ def install_hooks(model_sites: ModelSites, runtime: SteeringRuntime, max_dose: f
                   skip_unused: bool = False) -> list[Any]:
     """Register every hook the adapter placed; returns the handles (call .remove() to undo)."""
     needed = (lambda kind: kind in runtime.kinds_in_step) if skip_unused else (lambda kind: True)
+    # projection slots to run at a layer: eager, the ones this step's requests fill; compiled, all K
+    slots = (lambda layer: runtime.projections_in_step.get(layer, 0)) if skip_unused else (
+        lambda layer: runtime.tables.num_projections)
     pair = model_sites.adapter.stream == "pair"
     handles = []
     for index, (layer, site) in enumerate(zip(model_sites.layers, model_sites.sites)):
-        handles.append(layer.register_forward_hook(_residual_hook(runtime, index, pair, max_dose, needed)))
+        handles.append(layer.register_forward_hook(_residual_hook(runtime, index, pair, max_dose, needed, slots)))
         if site.attention_out is not None:
             hook = _head_hook(runtime, index, model_sites.first_head, model_sites.heads_per_rank, needed)
             handles.append(site.attention_out.register_forward_pre_hook(hook))
@@ -52,11 +56,10 @@ def install_hooks(model_sites: ModelSites, runtime: SteeringRuntime, max_dose: f
 
 
 def _residual_hook(runtime: SteeringRuntime, layer: int, pair: bool, max_dose: float | None,
-                   needed: Callable[[str], bool]) -> Callable[..., Any]:
+                   needed: Callable[[str], bool], slots: Callable[[int], int]) -> Callable[..., Any]:
     """`pair` layers return (hidden, residual), stream = hidden + residual, and the edit goes into
     `residual`; other layers return the stream itself ([T, D] or [1, T, D]). Out of place."""
     tables = runtime.tables
-    num_projections = tables.num_projections
     topk = runtime.topk_encoders.get(layer)  # a TopK SAE's full encoder at this layer, if the server holds one
 
     def edit(base: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +79,8 @@ def _residual_hook(runtime: SteeringRuntime, layer: int, pair: bool, max_dose: f
             if needed("dose"):  # per request (a caller's policy): a table row, so compiled graphs see it
                 delta = _clip_row_dose(delta, stream(), tables.dose.index_select(0, rows))
             x = x + delta  # [T, D]
-        if not needed("projection"):
+        num_projections = slots(layer) if needed("projection") else 0
+        if num_projections == 0:
             return x
         directions, encoders = tables.projection_vectors(layer, rows)  # [T, K, D] each
         values = tables.proj_value[layer].index_select(0, rows)  # [T, K]

@@ -17,7 +17,7 @@ import torch
 
 from steer_serve.request import wire_format
 from steer_serve.engine_stats import WorkerSteeringStats
-from steer_serve.request.resolved_steering import ResolvedSteering
+from steer_serve.request.resolved_steering import PHASES, ResolvedSteering
 from steer_serve.model_shape import ModelShape
 from steer_serve_vllm.engine.conditions import ConditionState
 from steer_serve_vllm.engine.slots import SlotAllocator
@@ -50,7 +50,10 @@ class SteeringRuntime:
         self._request_fingerprint: dict[str, str] = {}
         # Kinds of edit used by this step's requests; eager-mode hooks skip the others entirely.
         self.kinds_in_step: frozenset[str] = frozenset()
+        # layer -> projection slots any of this step's requests fills there; eager hooks run only those.
+        self.projections_in_step: dict[int, int] = {}
         self._configs: dict[str, tuple[ResolvedSteering, int]] = {}  # fingerprint -> (steering, live requests)
+        self._depths: dict[str, dict[int, int]] = {}  # fingerprint -> its projection slots per layer
 
     # ---- request lifecycle -------------------------------------------------------------
     def add_request(self, req_id: str, extra_args: dict | None) -> None:
@@ -79,6 +82,7 @@ class SteeringRuntime:
             self._configs[fingerprint] = (steering, live - 1)
             return
         del self._configs[fingerprint]
+        self._depths.pop(fingerprint, None)
         self.slots.forget(fingerprint)
 
     @property
@@ -102,7 +106,9 @@ class SteeringRuntime:
         """Fill token_rows for this step's tokens, in the forward's token order."""
         self.conditions.prepare_step(req_ids, num_scheduled, num_computed, num_prompt)
         fingerprints = [self._request_fingerprint.get(req_id) for req_id in req_ids]
-        self.kinds_in_step = frozenset().union(*(self._configs[fp][0].kinds for fp in set(fingerprints) if fp))
+        present = {fp for fp in fingerprints if fp}
+        self.kinds_in_step = frozenset().union(*(self._configs[fp][0].kinds for fp in present))
+        self.projections_in_step = self._projection_depths(present) if "projection" in self.kinds_in_step else {}
         if not self.kinds_in_step:
             self._write_rows(None, 0)
             return
@@ -114,6 +120,17 @@ class SteeringRuntime:
         position = num_computed[: len(req_ids)][req_index] + offset  # [T]
         generated = position >= num_prompt[: len(req_ids)][req_index]  # [T]
         self._write_rows(2 * slot[req_index] + generated, req_index.shape[0])
+
+    def _projection_depths(self, fingerprints: set[str]) -> dict[int, int]:
+        """Per layer, the most projection slots one of these configurations fills (the loader fills
+        a layer's slots from 0, per phase), so slots beyond it hold zero rows for every token."""
+        depths: dict[int, int] = {}
+        for fp in fingerprints:
+            if fp not in self._depths:
+                self._depths[fp] = projection_depths(self._configs[fp][0], self.tables.num_projections)
+            for layer, depth in self._depths[fp].items():
+                depths[layer] = max(depths.get(layer, 0), depth)
+        return depths
 
     def _assign_slots(self, fingerprints: list[str]) -> dict[str, int]:
         steering = {fp: self._configs[fp][0] for fp in fingerprints}
@@ -137,3 +154,15 @@ class SteeringRuntime:
     def rows(self, num_tokens: int) -> torch.Tensor:
         """Each token's table row for this step: [T]."""
         return self.token_rows[:num_tokens]
+
+
+def projection_depths(steering: ResolvedSteering, max_projections: int) -> dict[int, int]:
+    """layer -> projection slots `steering` fills there: its most projections in one phase, capped."""
+    counts: dict[tuple[int, int], int] = {}
+    for projection in steering.projections:
+        for phase in PHASES[projection.positions]:
+            counts[(projection.layer, phase)] = counts.get((projection.layer, phase), 0) + 1
+    depths: dict[int, int] = {}
+    for (layer, _), count in counts.items():
+        depths[layer] = min(max(depths.get(layer, 0), count), max_projections)
+    return depths

@@ -284,3 +284,30 @@ def test_a_topk_feature_clamp_reads_its_feature_through_the_layers_full_encoder(
     expected = stream[steered] + (2.0 - f[steered])[:, None] * torch.from_numpy(w_dec)
     assert torch.allclose(hidden[steered] + residual[steered], expected, atol=1e-5)
     assert torch.equal(residual[PLAIN], plain_residual[PLAIN])
+
+
+def test_eager_hooks_run_only_the_projection_slots_the_step_fills() -> None:
+    """K = 8 slots; the step's requests fill 3 at layer 1 (prompt phase) and 1 at layer 2: eager runs
+    exactly those (no projection work on layer 0) and gives the all-slots (compiled) result bit for bit."""
+    units = [_vector(40 + i) / np.linalg.norm(_vector(40 + i)) for i in range(4)]
+    steering = ResolvedSteering(projections=(
+        LayerProjection(1, "prompt", units[0], 0.5), LayerProjection(1, "all", units[1], 0.0),
+        LayerProjection(1, "prompt", units[2], 1.5), LayerProjection(2, "generated", units[3], 2.0)))
+    x = torch.randn(T, D, generator=torch.Generator().manual_seed(1))
+    outputs = []
+    for skip_unused in (False, True):
+        budget = steering_budget(LAYERS, D, 4, max_num_seqs=4, projections=8)
+        runtime = SteeringRuntime(SHAPE, max_reqs=4, max_tokens=16, device=torch.device("cpu"), dtype=torch.float32,
+                                  budget=budget)
+        runtime.add_request("steered", {wire_format.EXTRA_ARGS_KEY: wire_format.encode(steering)})
+        runtime.prepare_step(REQ_IDS, np.array(SCHEDULED), np.array(COMPUTED), np.array(PROMPT))
+        torch.manual_seed(0)
+        model = FakeModel()
+        install_hooks(sites(model.layers), runtime, skip_unused=skip_unused)
+        outputs.append([model.layers[i](x) for i in range(3)])
+    assert runtime.projections_in_step == {1: 3, 2: 1}
+    for (hidden, residual), (eager_hidden, eager_residual) in zip(*outputs):
+        assert torch.equal(hidden, eager_hidden) and torch.equal(residual, eager_residual)
+    runtime.remove_request("steered")
+    runtime.prepare_step(["plain"], np.array([2]), np.array([0]), np.array([2]))
+    assert runtime.projections_in_step == {}
