@@ -17,7 +17,7 @@ import torch
 
 from steer_serve.request import wire_format
 from steer_serve.engine_stats import WorkerSteeringStats
-from steer_serve.request.resolved_steering import PHASES, ResolvedSteering
+from steer_serve.request.resolved_steering import ResolvedSteering
 from steer_serve.model_shape import ModelShape
 from steer_serve_vllm.engine.conditions import ConditionState
 from steer_serve_vllm.engine.slots import SlotAllocator
@@ -122,12 +122,12 @@ class SteeringRuntime:
         self._write_rows(2 * slot[req_index] + generated, req_index.shape[0])
 
     def _projection_depths(self, fingerprints: set[str]) -> dict[int, int]:
-        """Per layer, the most projection slots one of these configurations fills (the loader fills
-        a layer's slots from 0, per phase), so slots beyond it hold zero rows for every token."""
+        """Per layer, the most projection slots one of these configurations fills (the plan the loader
+        places them by fills a layer's slots from 0), so slots beyond it hold zero rows for every token."""
         depths: dict[int, int] = {}
         for fp in fingerprints:
             if fp not in self._depths:
-                self._depths[fp] = projection_depths(self._configs[fp][0], self.tables.num_projections)
+                self._depths[fp] = self.tables.plan(self._configs[fp][0]).projection_depths
             for layer, depth in self._depths[fp].items():
                 depths[layer] = max(depths.get(layer, 0), depth)
         return depths
@@ -155,14 +155,3 @@ class SteeringRuntime:
         """Each token's table row for this step: [T]."""
         return self.token_rows[:num_tokens]
 
-
-def projection_depths(steering: ResolvedSteering, max_projections: int) -> dict[int, int]:
-    """layer -> projection slots `steering` fills there: its most projections in one phase, capped."""
-    counts: dict[tuple[int, int], int] = {}
-    for projection in steering.projections:
-        for phase in PHASES[projection.positions]:
-            counts[(projection.layer, phase)] = counts.get((projection.layer, phase), 0) + 1
-    depths: dict[int, int] = {}
-    for (layer, _), count in counts.items():
-        depths[layer] = min(max(depths.get(layer, 0), count), max_projections)
-    return depths

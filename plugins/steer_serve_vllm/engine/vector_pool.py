@@ -50,6 +50,14 @@ class VectorPlan:
     def num_vectors(self) -> int:
         return len(self.sources)
 
+    @property
+    def projection_depths(self) -> dict[int, int]:
+        """layer -> projection slots this configuration fills there (the loader's k + 1, most over phases)."""
+        depths: dict[int, int] = {}
+        for entry in self.projections:
+            depths[entry.layer] = max(depths.get(entry.layer, 0), entry.k + 1)
+        return depths
+
 
 def plan_vectors(steering: ResolvedSteering, num_layers: int,
                  max_projections: int = DEFAULT_PROJECTIONS_PER_LAYER) -> VectorPlan:
