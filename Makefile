@@ -12,8 +12,9 @@ serve: setup
 	.venv/bin/steer-serve serve --port $(PORT) $(ARGS)
 
 # Two pytest-xdist workers, one per core (tests/conftest.py: one worker per module, OpenMP binding per worker).
+# A crashed worker ends the run at once (its servers are gone; a replacement would restart them all).
 test: setup
-	.venv/bin/python -m pytest tests -q -n 2 $(ARGS)
+	.venv/bin/python -m pytest tests -q -n 2 --max-worker-restart=0 $(ARGS)
 
 test-fast: setup
 	.venv/bin/python -m pytest tests -q -m "not slow" $(ARGS)

@@ -26,13 +26,13 @@ from typing import Any, Iterator
 
 from harness.completions import completion_body
 from harness.hf_reference import Generation
+from harness.servers import KV_CACHE_BYTES
 
 PATH = "/v1/completions"
-# engine core and worker in this process; the KV cache small (GiB), as the test servers have it; TP
-# worker processes still alive 1 s after shutdown get SIGTERM (vLLM's default grace, 5 s, is what
-# they take to exit on their own; read when the engine starts: vLLM caches every VLLM_* variable then)
-ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
-              "VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS": "1"}
+# engine core and worker in this process; TP worker processes still alive 1 s after shutdown get
+# SIGTERM (vLLM's default grace, 5 s, is what they take to exit on their own; read when the engine
+# starts: vLLM caches every VLLM_* variable then). The KV cache is sized as the test servers' is.
+ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS": "1"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,7 @@ class InProcessEngine:
 
         options: dict[str, Any] = dict(model=str(model), dtype="float32", max_model_len=1024, max_num_seqs=32,
                                        seed=0, enforce_eager=compile_backend is None,
+                                       kv_cache_memory_bytes=KV_CACHE_BYTES,
                                        tensor_parallel_size=tensor_parallel_size)
         compilation: dict[str, Any] = {"custom_ops": list(custom_ops)} if custom_ops else {}
         if compile_backend is not None:
@@ -130,7 +131,7 @@ class InProcessEngine:
         self.llm.llm_engine.engine_core.shutdown()
         del self.llm
         # the engine core froze the heap (gc.freeze) and cached every VLLM_* variable when it started:
-        # undo both, or each engine's KV cache (1 GiB) stays and later engines see this one's settings.
+        # undo both, or each engine's KV cache stays and later engines see this one's settings.
         # vLLM also caches rotary modules per process (get_rope), each with the custom-op dispatch of the
         # engine that built it: a later engine with other custom_ops (eager vs compiled) would reuse it.
         gc.unfreeze()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +14,11 @@ from pathlib import Path
 import httpx
 
 STARTUP_TIMEOUT_S = 600
+# KV cache of a test server: vLLM fills it with zeros at start, so all of it is resident. 64 MiB holds
+# ~16k tokens of the tiny models, 256 MiB ~5,700 of SmolLM2 in float32; with up to eight servers
+# alive at once the suite must fit the 24 GiB CI machine (at 1 GiB each the OOM killer ended a run).
+KV_CACHE_BYTES = 64 * 2**20
+SMOLLM2_KV_CACHE_BYTES = 256 * 2**20
 ADMIN_KEY = "test-admin-key"  # the admin key of the test servers that have one
 TINY_EAGER_PROJECTIONS = 8  # --steering-projections of the shared tiny eager server (tests/conftest.py)
 VLLM_ENTRY = "vllm.entrypoints.launchers.api_server.entry"
@@ -27,6 +34,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _terminate_with_parent() -> None:
+    """Runs in the server's process before exec: SIGTERM when the test process that started it dies,
+    so a crashed pytest worker leaves no orphaned servers holding memory (Linux prctl)."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Server:
     """A server process; `plugin=False` runs plain vLLM with every plugin disabled; `native=True`
     runs vLLM's own launch with steer-serve merely installed (VLLM_PLUGINS unset, settings as
@@ -34,16 +48,18 @@ class Server:
 
     def __init__(self, model: Path, log_dir: Path, *, plugin: bool = True, eager: bool = True,
                  vector_dir: Path | None = None, extra_args: list[str] = (), env: dict[str, str] | None = None,
-                 native: bool = False) -> None:
+                 native: bool = False, kv_cache_bytes: int = KV_CACHE_BYTES) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model = str(model)
         self.log_path = log_dir / f"server-{self.port}.log"
         args = ["--model", self.model, "--port", str(self.port), "--host", "127.0.0.1", "--dtype", "float32",
-                "--max-model-len", "1024", "--max-num-seqs", "32", "--seed", "0", *extra_args]
+                "--max-model-len", "1024", "--max-num-seqs", "32", "--seed", "0",
+                "--kv-cache-memory-bytes", str(kv_cache_bytes), *extra_args]
         if eager:
             args.append("--enforce-eager")
-        run_env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", **(env or {}))
+        run_env = dict(os.environ, **(env or {}))
+        run_env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would override --kv-cache-memory-bytes
         if native:
             command = [sys.executable, "-m", VLLM_NATIVE_ENTRY, *args]
             run_env.pop("VLLM_PLUGINS", None)
@@ -61,7 +77,7 @@ class Server:
             run_env |= {"HF_HUB_OFFLINE": "1", "VLLM_USE_V2_MODEL_RUNNER": "0"}
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=run_env,
-                                        cwd=REPO_ROOT)
+                                        cwd=REPO_ROOT, preexec_fn=_terminate_with_parent)
         self.client = httpx.Client(base_url=self.url, timeout=300)
 
     def wait_ready(self) -> "Server":

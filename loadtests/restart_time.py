@@ -26,7 +26,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness.servers import Server
+from harness.servers import SMOLLM2_KV_CACHE_BYTES, Server
 from loadtests.compare import machine
 from steer_serve.default_model import default_model_dir
 
@@ -83,7 +83,7 @@ def phases(marks: dict[str, float]) -> dict[str, float]:
 def start_once(variant: str, cache_root: Path, log_dir: Path) -> dict:
     began = time.time()
     server = Server(default_model_dir(), log_dir, plugin=VARIANTS[variant], eager=False,
-                    env={"VLLM_CACHE_ROOT": str(cache_root)})
+                    env={"VLLM_CACHE_ROOT": str(cache_root)}, kv_cache_bytes=SMOLLM2_KV_CACHE_BYTES)
     try:
         server.wait_ready()
         healthy = time.time()

@@ -33,6 +33,10 @@ def serve_command(args: argparse.Namespace, passthrough: list[str]) -> list[str]
     return [sys.executable, "-m", entry, "--model", model, "--host", args.host, "--port", str(args.port), *passthrough]
 
 
+def _has_flag(passthrough: list[str], flag: str) -> bool:
+    return any(item == flag or item.startswith(flag + "=") for item in passthrough)
+
+
 def _api_server_count(passthrough: list[str]) -> int:
     for index, flag in enumerate(passthrough):
         if flag.startswith("--api-server-count="):
@@ -42,15 +46,17 @@ def _api_server_count(passthrough: list[str]) -> int:
     return 1
 
 
-def serve_environment(args: argparse.Namespace) -> dict[str, str]:
+def serve_environment(args: argparse.Namespace, passthrough: list[str] = ()) -> dict[str, str]:
     """Environment for the server: our plugins allow-listed, our settings as STEER_SERVE_*."""
     env = dict(os.environ)
     env["VLLM_PLUGINS"] = VLLM_PLUGINS
     env.setdefault("HF_HUB_OFFLINE", "1")  # local models only: nothing is downloaded at run time
     # Steering patches vLLM's V1 model runner; on GPU vLLM 0.32 would otherwise pick Model Runner V2.
     env["VLLM_USE_V2_MODEL_RUNNER"] = "0"
-    # On CPU, vLLM otherwise reserves 92% of RAM and refuses to start when anything else runs.
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
+    # On CPU, vLLM otherwise reserves 92% of RAM and refuses to start when anything else runs. Not
+    # with --kv-cache-memory-bytes: vLLM's CPU platform lets this legacy variable override that flag.
+    if not _has_flag(passthrough, "--kv-cache-memory-bytes"):
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
     if args.vector_dir is not None:
         env["STEER_SERVE_VECTOR_DIR"] = str(Path(args.vector_dir).resolve())
     if args.preset_dir is not None:
@@ -117,7 +123,7 @@ def _run_serve(args: argparse.Namespace, passthrough: list[str]) -> int:
             return 2
     command = serve_command(args, passthrough)
     print("steer-serve: " + " ".join(command), file=sys.stderr, flush=True)
-    os.execve(command[0], command, serve_environment(args))
+    os.execve(command[0], command, serve_environment(args, passthrough))
     return 0  # not reached
 
 

@@ -19,7 +19,7 @@ from steer_serve.default_model import default_model_dir
 from steer_serve.library.steering_vector import SteeringVector
 from steer_serve.library.vector_formats import write_vector
 from harness.hf_reference import HFReference
-from harness.servers import ADMIN_KEY, TINY_EAGER_PROJECTIONS, Server
+from harness.servers import ADMIN_KEY, SMOLLM2_KV_CACHE_BYTES, TINY_EAGER_PROJECTIONS, Server
 from harness.steering_cases import tiny_library_directions
 from harness.tiny_models import TINY_HIDDEN, TINY_LAYERS, build_tiny_llama, build_tiny_model
 
@@ -152,7 +152,7 @@ def tiny_plain_server(request, tiny_llama_dir, log_dir) -> Server:
 def smollm2_server(request, smollm2_dir, log_dir) -> Server:
     """The default model with the shipped vector library, eager: compiled mode is proven on the tiny
     models (same hooks, same graph capture); compiling SmolLM2's 30 layers costs ~4 min on 2 cores."""
-    return _serve(request, model=smollm2_dir, log_dir=log_dir, eager=True)
+    return _serve(request, model=smollm2_dir, log_dir=log_dir, eager=True, kv_cache_bytes=SMOLLM2_KV_CACHE_BYTES)
 
 
 @pytest.fixture(scope="session")

@@ -32,6 +32,18 @@ def test_environment_enables_both_plugins_and_v1_runner(tmp_path) -> None:
     assert env["STEER_SERVE_VECTOR_DIR"] == str(tmp_path.resolve())
 
 
+def test_an_explicit_kv_cache_size_is_not_overridden_by_the_cpu_default(monkeypatch) -> None:
+    """vLLM's CPU platform lets VLLM_CPU_KVCACHE_SPACE override --kv-cache-memory-bytes: our default
+    for that variable must not be set when the user sized the cache with the flag."""
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    args, passthrough = _serve_args("--kv-cache-memory-bytes", "268435456")
+    assert "VLLM_CPU_KVCACHE_SPACE" not in serve_environment(args, passthrough)
+    args, passthrough = _serve_args("--kv-cache-memory-bytes=1G")
+    assert "VLLM_CPU_KVCACHE_SPACE" not in serve_environment(args, passthrough)
+    args, passthrough = _serve_args("--max-num-seqs", "8")
+    assert serve_environment(args, passthrough)["VLLM_CPU_KVCACHE_SPACE"] == "4"
+
+
 def test_parse_layers() -> None:
     assert parse_layers("6-9,12") == [6, 7, 8, 9, 12]
 
