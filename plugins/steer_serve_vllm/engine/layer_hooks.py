@@ -15,10 +15,13 @@ the hooks themselves are generic:
   forced), before vLLM's top-k and renormalisation. Bias-corrected routing (DeepSeek-V3) is
   edited in its selection score instead (engine/selection.py).
 Hooks are installed before the first forward pass: torch.compile traces them in, later hooks
-would be ignored by the compiled graph. In eager mode (`skip_unused`), a hook skips the kinds of
-edit no request of the step uses, and runs only the projection slots the step's requests fill at its
-layer (none on most layers), so unsteered batches cost almost nothing; a compiled graph
-cannot branch on per-step data, so there every hook always runs (on identity rows when unused).
+would be ignored by the compiled graph. Compiled engines (`opaque`) call each site's edit through
+one opaque custom op (engine/opaque_sites.py), so the graph grows by one node per site instead of
+by every tensor operation of the edits. A hook may skip the kinds of edit no request of the step
+uses and run only the projection slots the step's requests fill at its layer (none on most
+layers), so unsteered batches cost almost nothing (`skip_unused`: eager, and compiled CPU engines,
+where nothing replays a captured graph); under CUDA graphs every edit always runs (on identity
+rows when unused), since a captured graph cannot branch on per-step host data.
 """
 
 from __future__ import annotations
@@ -28,42 +31,83 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from steer_serve_vllm.engine import opaque_sites
+from steer_serve_vllm.engine.opaque_sites import LayerEdit
 from steer_serve_vllm.engine.runtime import SteeringRuntime
 from steer_serve_vllm.engine.selection import wrap_selection
 from steer_serve_vllm.engine.sites import ModelSites
 
 
 def install_hooks(model_sites: ModelSites, runtime: SteeringRuntime, max_dose: float | None = None,
-                  skip_unused: bool = False) -> list[Any]:
+                  skip_unused: bool = False, opaque: bool = False) -> list[Any]:
     """Register every hook the adapter placed; returns the handles (call .remove() to undo)."""
     needed = (lambda kind: kind in runtime.kinds_in_step) if skip_unused else (lambda kind: True)
-    # projection slots to run at a layer: eager, the ones this step's requests fill; compiled, all K
+    # projection slots to run at a layer: the ones this step's requests fill, or all K
     slots = (lambda layer: runtime.projections_in_step.get(layer, 0)) if skip_unused else (
         lambda layer: runtime.tables.num_projections)
     pair = model_sites.adapter.stream == "pair"
     handles = []
     for index, (layer, site) in enumerate(zip(model_sites.layers, model_sites.sites)):
-        handles.append(layer.register_forward_hook(_residual_hook(runtime, index, pair, max_dose, needed, slots)))
+        edit = _residual_edit(runtime, index, max_dose, needed, slots)
+        if opaque:
+            opaque_sites.register_layer_edit(index, edit)
+            edit = _layer_output_op(index)
+        handles.append(layer.register_forward_hook(layer_output_hook(edit, pair)))
         if site.attention_out is not None:
-            hook = _head_hook(runtime, index, model_sites.first_head, model_sites.heads_per_rank, needed)
-            handles.append(site.attention_out.register_forward_pre_hook(hook))
+            scale = _head_scale(runtime, index, model_sites.first_head, model_sites.heads_per_rank, needed)
+            if opaque:
+                opaque_sites.register_head_edit(index, scale)
+                scale = _row_op(torch.ops.steer_serve.head_scale, index)
+            handles.append(site.attention_out.register_forward_pre_hook(_head_hook(scale)))
         router = site.router
         if router is not None and router.logits is not None:
-            handles.append(router.logits.register_forward_hook(_router_hook(runtime, index, needed)))
+            bias = _router_bias(runtime, index, needed)
+            if opaque:
+                opaque_sites.register_router_edit(index, bias)
+                bias = _row_op(torch.ops.steer_serve.router_bias, index)
+            handles.append(router.logits.register_forward_hook(_router_hook(bias)))
         elif router is not None:
             wrap_selection(router.selector, runtime, index, needed)
     return handles
 
 
-def _residual_hook(runtime: SteeringRuntime, layer: int, pair: bool, max_dose: float | None,
-                   needed: Callable[[str], bool], slots: Callable[[int], int]) -> Callable[..., Any]:
-    """`pair` layers return (hidden, residual), stream = hidden + residual, and the edit goes into
-    `residual`; other layers return the stream itself ([T, D] or [1, T, D]). Out of place."""
+def _layer_output_op(layer: int) -> LayerEdit:
+    """The layer's edit as a call of its opaque op: one node in a compiled graph."""
+    return lambda base, x: torch.ops.steer_serve.layer_output(x, base, layer)
+
+
+def _row_op(op: Any, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda rows: op(rows, layer)
+
+
+def layer_output_hook(edit: LayerEdit, pair: bool) -> Callable[..., Any]:
+    """A forward hook giving a decoder layer's output to `edit`. `pair` layers return (hidden,
+    residual), stream = hidden + residual, and the edit goes into `residual`; other layers return
+    the stream itself ([T, D] or [1, T, D]). Out of place."""
+
+    def edit_layer_output(module: nn.Module, args: Any, output: Any) -> Any:
+        if pair:
+            if not (isinstance(output, tuple) and len(output) == 2):
+                return output  # layer outside this pipeline stage (PPMissingLayer)
+            hidden, residual = output  # [T, D], [T, D]
+            return hidden, edit(hidden, residual)
+        stream = output[0] if isinstance(output, tuple) else output  # [T, D] or [1, T, D]
+        edited = edit(None, stream.reshape(-1, stream.shape[-1])).view(stream.shape)
+        return (edited, *output[1:]) if isinstance(output, tuple) else edited
+
+    return edit_layer_output
+
+
+def _residual_edit(runtime: SteeringRuntime, layer: int, max_dose: float | None,
+                   needed: Callable[[str], bool], slots: Callable[[int], int]) -> LayerEdit:
+    """The steering edit of one decoder layer's output: (base, x) -> edited x, stream = base + x."""
     tables = runtime.tables
     topk = runtime.topk_encoders.get(layer)  # a TopK SAE's full encoder at this layer, if the server holds one
 
     def edit(base: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
         """The edited x, where the stream is base + x (x alone when base is None); [T, D]."""
+        if not needed("add") and not needed("projection"):
+            return x
         if needed("condition"):  # CAST: read the stream before this layer's edits, gate them after
             runtime.conditions.observe(layer, x if base is None else base + x)
             return torch.where(runtime.conditions.applies(layer, x.shape[0]), edits(base, x), x)
@@ -96,19 +140,7 @@ def _residual_hook(runtime: SteeringRuntime, layer: int, pair: bool, max_dose: f
                          offsets[:, k : k + 1], threshold, rescales[:, k : k + 1])
         return x
 
-    def edit_layer_output(module: nn.Module, args: Any, output: Any) -> Any:
-        if not needed("add") and not needed("projection"):
-            return output
-        if pair:
-            if not (isinstance(output, tuple) and len(output) == 2):
-                return output  # layer outside this pipeline stage (PPMissingLayer)
-            hidden, residual = output  # [T, D], [T, D]
-            return hidden, edit(hidden, residual)
-        stream = output[0] if isinstance(output, tuple) else output  # [T, D] or [1, T, D]
-        edited = edit(None, stream.reshape(-1, stream.shape[-1])).view(stream.shape)
-        return (edited, *output[1:]) if isinstance(output, tuple) else edited
-
-    return edit_layer_output
+    return edit
 
 
 def _project(stream: torch.Tensor, residual: torch.Tensor, direction: torch.Tensor, encoder: torch.Tensor,
@@ -140,31 +172,45 @@ def _clip_row_dose(delta: torch.Tensor, stream: torch.Tensor, dose: torch.Tensor
     return delta * torch.where(dose.unsqueeze(-1) > 0, factor, torch.ones_like(factor))  # [T, D]
 
 
-def _head_hook(runtime: SteeringRuntime, layer: int, first: int, local_heads: int,
-               needed: Callable[[str], bool]) -> Callable[..., Any]:
+def _head_scale(runtime: SteeringRuntime, layer: int, first: int, local_heads: int,
+                needed: Callable[[str], bool]) -> Callable[[torch.Tensor], torch.Tensor]:
     scale_table = runtime.tables.head_scale[layer]  # [R, H_total]
 
-    def scale_heads(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    def scale_heads(flat: torch.Tensor) -> torch.Tensor:
+        """flat: [T, H*hd], this rank's heads side by side."""
         if not needed("heads"):
-            return args
-        attn = args[0]  # [T, H*hd] (or [1, T, H*hd] in vLLM's Transformers backend)
-        flat = attn.reshape(-1, attn.shape[-1])  # [T, H*hd]
+            return flat
         num_tokens = flat.shape[0]
         scales = scale_table[:, first : first + local_heads].index_select(0, runtime.rows(num_tokens))  # [T, H]
-        scaled = flat.view(num_tokens, local_heads, -1) * scales.unsqueeze(-1)  # [T, H, hd]
-        return (scaled.view(attn.shape), *args[1:])
+        return (flat.view(num_tokens, local_heads, -1) * scales.unsqueeze(-1)).view(flat.shape)  # [T, H*hd]
 
     return scale_heads
 
 
-def _router_hook(runtime: SteeringRuntime, layer: int, needed: Callable[[str], bool]) -> Callable[..., Any]:
+def _head_hook(scale: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
+    def scale_heads(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        attn = args[0]  # [T, H*hd] (or [1, T, H*hd] in vLLM's Transformers backend)
+        return (scale(attn.reshape(-1, attn.shape[-1])).view(attn.shape), *args[1:])
+
+    return scale_heads
+
+
+def _router_bias(runtime: SteeringRuntime, layer: int, needed: Callable[[str], bool]) -> Callable[[torch.Tensor], torch.Tensor]:
     bias_table = runtime.tables.router_bias[layer]  # [R, E]
 
-    def bias_router_logits(module: nn.Module, args: Any, output: Any) -> Any:
+    def bias_router_logits(logits: torch.Tensor) -> torch.Tensor:
+        """logits: [T, E]."""
         if not needed("routing"):
-            return output
+            return logits
+        return logits + bias_table[:, : logits.shape[1]].index_select(0, runtime.rows(logits.shape[0]))  # [T, E]
+
+    return bias_router_logits
+
+
+def _router_hook(bias: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., Any]:
+    def bias_router_logits(module: nn.Module, args: Any, output: Any) -> Any:
         logits = output[0] if isinstance(output, tuple) else output  # [T, E]
-        biased = logits + bias_table[:, : logits.shape[1]].index_select(0, runtime.rows(logits.shape[0]))  # [T, E]
+        biased = bias(logits)
         return (biased, *output[1:]) if isinstance(output, tuple) else biased
 
     return bias_router_logits

@@ -174,11 +174,13 @@ def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
                                               config.num_hidden_layers, runner.device, runner.model_config.dtype)
     max_dose = settings.max_dose
     eager = runner.vllm_config.compilation_config.mode == CompilationMode.NONE
-    install_hooks(model_sites, runtime, max_dose, skip_unused=eager)
+    # per-step branching (skip unused edits) everywhere but under CUDA graphs, which replay a capture
+    branch = eager or runner.device.type == "cpu"
+    install_hooks(model_sites, runtime, max_dose, skip_unused=branch, opaque=not eager)
     observer = Observer(config.num_hidden_layers, config.hidden_size, runner.max_num_reqs, runner.max_num_tokens,
                         runner.max_model_len, runner.device,
                         observe_budget(config.hidden_size, runner.max_model_len, settings.observe_memory))
-    install_observer_hooks(model_sites, observer, skip_idle=eager)  # after the steering hooks: sees their edits
+    install_observer_hooks(model_sites, observer, skip_idle=branch, opaque=not eager)  # sees the steering edits
     setattr(runner, _OBSERVER_ATTR, observer)
     setattr(runner, _RUNTIME_ATTR, runtime)
     setattr(runner, _SITES_ATTR, model_sites)

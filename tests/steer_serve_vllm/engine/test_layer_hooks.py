@@ -9,6 +9,8 @@ tensor arithmetic, independent of the tables and hooks.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -311,3 +313,80 @@ def test_eager_hooks_run_only_the_projection_slots_the_step_fills() -> None:
     runtime.remove_request("steered")
     runtime.prepare_step(["plain"], np.array([2]), np.array([0]), np.array([2]))
     assert runtime.projections_in_step == {}
+
+
+def _every_kind() -> ResolvedSteering:
+    u, w = _vector(50), _vector(51)
+    return ResolvedSteering(additions=(LayerAddition(1, "generated", _vector(52)), LayerAddition(2, "all", _vector(53))),
+                            projections=(LayerProjection(1, "all", u / np.linalg.norm(u), 0.5),
+                                         LayerProjection(1, "prompt", w / np.linalg.norm(w), 0.0)),
+                            head_scales=(HeadScales(1, "all", np.array([0.0, 2.0], dtype=np.float32)),),
+                            expert_routing=(ExpertRouting(2, "prompt", disabled=(0,), forced=(3,)),))
+
+
+def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    outputs = []
+    for layer in model.layers:
+        outputs += [*layer(x), *layer.seen().values()]
+    return outputs
+
+
+@pytest.mark.parametrize("skip_unused", [False, True])
+def test_opaque_ops_apply_exactly_the_hooks_edits(skip_unused: bool) -> None:
+    """Compiled engines call each site's edit through an opaque custom op: every output, bit for bit."""
+    x = torch.randn(T, D, generator=torch.Generator().manual_seed(2))
+    results = []
+    for opaque in (False, True):
+        torch.manual_seed(0)
+        model = FakeModel()
+        install_hooks(sites(model.layers), _runtime(_every_kind()), max_dose=4.0, skip_unused=skip_unused,
+                      opaque=opaque)
+        results.append(_outputs(model, x))
+    for hooked, opaque in zip(*results):
+        assert torch.equal(hooked, opaque)
+
+
+class _Caller(nn.Module):
+    """Calls a decoder layer as vLLM's compiled model forward does (its hooks inlined into one graph)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.layer(x)
+
+
+def test_a_compiled_layer_holds_one_node_per_site_and_branches_per_step_inside_it() -> None:
+    """Under torch.compile an opaque site is one graph node (traced hooks are dozens per layer), and on
+    CPU the op still skips per step what no request uses: a step with other kinds, after the compile,
+    gives the eager hooks' results without a retrace."""
+    graphs: list[torch.fx.GraphModule] = []
+
+    def keep_graph(gm: torch.fx.GraphModule, example_inputs: list) -> Any:
+        graphs.append(gm)
+        return gm.forward
+
+    x = torch.randn(T, D, generator=torch.Generator().manual_seed(3))
+    runtimes, layers = [], []
+    for opaque in (True, False):
+        torch.manual_seed(0)
+        model = FakeModel()
+        runtime = _runtime(_every_kind())
+        install_hooks(sites(model.layers), runtime, skip_unused=opaque, opaque=opaque)
+        runtimes.append(runtime)
+        layers.append(model.layers[1])
+    torch._dynamo.reset()
+    compiled = torch.compile(_Caller(layers[0]), backend=keep_graph, fullgraph=True, dynamic=False)
+    for steering in (_every_kind(), ResolvedSteering(additions=(LayerAddition(1, "all", _vector(54)),))):
+        for runtime in runtimes:
+            runtime.add_request("next", {wire_format.EXTRA_ARGS_KEY: wire_format.encode(steering)})
+            runtime.prepare_step(["plain", "next"], np.array(SCHEDULED), np.array(COMPUTED), np.array(PROMPT))
+        assert all(torch.equal(a, b) for a, b in zip(compiled(x), layers[1](x)))
+    ops = [node for node in graphs[0].graph.nodes if "steer_serve" in str(node.target)]
+    assert len(graphs) == 1, "a new step's kinds must not retrace"
+    assert sorted(str(node.target) for node in ops) == [
+        "steer_serve.head_scale", "steer_serve.layer_output", "steer_serve.router_bias"]
+    traced = torch.compile(_Caller(layers[1]), backend=keep_graph, fullgraph=True, dynamic=False)
+    traced(x)
+    assert len(graphs[1].graph.nodes) > len(graphs[0].graph.nodes) + 40
