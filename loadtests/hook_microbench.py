@@ -4,8 +4,8 @@ A stack of decoder-like layers with vLLM's Llama layer structure (fused add + RM
 attention block of two projections whose output projection carries our per-head hook, add +
 RMSNorm, SiLU-gated MLP; each layer returns (hidden, residual)) runs one decode step of B tokens.
 Our real hooks (`install_hooks`, the real `SteeringRuntime`, tables and slot loading) are installed
-on a second stack that shares the same weights, exactly as the worker installs them on vLLM's
-model; both stacks are torch.compile'd (CUDA graphs, mode "reduce-overhead", on a GPU). Per batch
+on a second stack that shares the same weights, exactly as a compiled worker installs them on vLLM's
+model (one opaque custom op per site, engine/opaque_sites.py); both stacks are torch.compile'd (CUDA graphs, mode "reduce-overhead", on a GPU). Per batch
 size it times, interleaved and repeated:
 
 - plain: the stack without hooks (plain vLLM's model);
@@ -164,7 +164,10 @@ class HookedStack:
         budget = steering_budget(dims.layers, dims.hidden, dtype.itemsize, MAX_SEQS, memory_mib=64)
         self.runtime = SteeringRuntime(shape, MAX_SEQS, MAX_SEQS, device, dtype, budget)
         sites = [LayerSites(layer.self_attn.o_proj) for layer in self.layers]
-        install_hooks(ModelSites(ADAPTER, self.layers, sites, dims.heads, 0), self.runtime)
+        # as a compiled worker installs them: one opaque op per site, branching per step where no CUDA
+        # graph replays a capture (CPU)
+        install_hooks(ModelSites(ADAPTER, self.layers, sites, dims.heads, 0), self.runtime,
+                      skip_unused=device.type == "cpu", opaque=True)
         rng = np.random.default_rng(1)
         self.vectors = [rng.standard_normal((len(dims.steered()), dims.hidden)).astype(np.float32)
                         for _ in range(max(KS))]  # [K][S, D]
