@@ -52,8 +52,15 @@ def register_router_edit(layer: int, edit: RowEdit) -> None:
 
 
 def _fresh(result: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """A functional custom op may not return one of its inputs: copy when nothing was edited."""
-    return source.clone() if result is source else result
+    """A new contiguous tensor: a functional custom op may not return one of its inputs (copy when
+    nothing was edited), and the compiled graph reads the output with the strides the fake gave."""
+    if result is source:
+        return source.clone(memory_format=torch.contiguous_format)
+    return result.contiguous()
+
+
+def _like(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 @torch.library.custom_op("steer_serve::layer_output", mutates_args=())
@@ -69,7 +76,7 @@ def layer_output(x: torch.Tensor, base: Optional[torch.Tensor], layer: int) -> t
 
 @layer_output.register_fake
 def _layer_output_shape(x: torch.Tensor, base: Optional[torch.Tensor], layer: int) -> torch.Tensor:
-    return torch.empty_like(x)
+    return _like(x)
 
 
 @torch.library.custom_op("steer_serve::head_scale", mutates_args=())
@@ -80,7 +87,7 @@ def head_scale(attn: torch.Tensor, layer: int) -> torch.Tensor:
 
 @head_scale.register_fake
 def _head_scale_shape(attn: torch.Tensor, layer: int) -> torch.Tensor:
-    return torch.empty_like(attn)
+    return _like(attn)
 
 
 @torch.library.custom_op("steer_serve::router_bias", mutates_args=())
@@ -91,4 +98,4 @@ def router_bias(logits: torch.Tensor, layer: int) -> torch.Tensor:
 
 @router_bias.register_fake
 def _router_bias_shape(logits: torch.Tensor, layer: int) -> torch.Tensor:
-    return torch.empty_like(logits)
+    return _like(logits)

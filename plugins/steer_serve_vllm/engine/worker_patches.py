@@ -17,7 +17,7 @@ from steer_serve.request import observe_wire
 from steer_serve.settings import Settings
 from steer_serve_vllm.engine.adapters import adapter_for
 from steer_serve_vllm.engine.admission import budget_for
-from steer_serve_vllm.engine.layer_hooks import install_hooks
+from steer_serve_vllm.engine.layer_hooks import install_hooks, opaque_sites_work
 from steer_serve_vllm.engine.observe_hooks import install_observer_hooks
 from steer_serve_vllm.engine.observe_budget import observe_budget
 from steer_serve_vllm.engine.observer import Observer
@@ -174,13 +174,14 @@ def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
                                               config.num_hidden_layers, runner.device, runner.model_config.dtype)
     max_dose = settings.max_dose
     eager = runner.vllm_config.compilation_config.mode == CompilationMode.NONE
-    # per-step branching (skip unused edits) everywhere but under CUDA graphs, which replay a capture
-    branch = eager or runner.device.type == "cpu"
-    install_hooks(model_sites, runtime, max_dose, skip_unused=branch, opaque=not eager)
+    opaque = not eager and opaque_sites_work(model_sites)  # else compiled: hooks traced into the graph
+    # per-step branching (skip unused edits): eager, and in opaque ops unless CUDA graphs replay a capture
+    branch = eager or (opaque and runner.device.type == "cpu")
+    install_hooks(model_sites, runtime, max_dose, skip_unused=branch, opaque=opaque)
     observer = Observer(config.num_hidden_layers, config.hidden_size, runner.max_num_reqs, runner.max_num_tokens,
                         runner.max_model_len, runner.device,
                         observe_budget(config.hidden_size, runner.max_model_len, settings.observe_memory))
-    install_observer_hooks(model_sites, observer, skip_idle=branch, opaque=not eager)  # sees the steering edits
+    install_observer_hooks(model_sites, observer, skip_idle=branch, opaque=opaque)  # sees the steering edits
     setattr(runner, _OBSERVER_ATTR, observer)
     setattr(runner, _RUNTIME_ATTR, runtime)
     setattr(runner, _SITES_ATTR, model_sites)
