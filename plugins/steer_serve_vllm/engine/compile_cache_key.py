@@ -3,7 +3,8 @@
 vLLM 0.32 names both of its compile caches after `VllmConfig.compute_hash()`: the AOT cache
 (`compilation/caching.py: aot_compile_hash_factors` -> `torch_compile_cache/torch_aot_compile/<key>`)
 and the inductor cache directory (`compilation/backends.py: VllmBackend.__call__`). Our decoder
-hooks are traced into the compiled graph, and `max_dose` is a Python constant baked into it (the
+hooks are in the compiled graph (as one opaque op per site; traced in, op by op, on DeepSeek-V3),
+and where traced, `max_dose` is a Python constant baked into it (the
 table shapes set by `steering_memory` / `steering_slots` / `steering_projections` / `observe_memory`
 are too, and so are the TopK encoders of `topk_clamp_saes`), but
 neither is part of the config, so a server restarted with another `--max-dose` (or without the
