@@ -29,6 +29,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# pg_ctl's wait (`-w`) gives up after 60 s by default; crash recovery after `kill()` on a machine whose
+# cores are busy with vLLM servers has taken longer (a CI-like run failed there), so wait up to 5 min.
+WAIT_S = "300"
+
+
 def _binary(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     if not found:
@@ -50,15 +55,16 @@ class PostgresServer:
 
     def start(self) -> "PostgresServer":
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-        self._run(_binary("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"), "-w", "start")
+        self._run(_binary("pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"), "-w", "-t", WAIT_S,
+                  "start")
         return self
 
     def kill(self) -> None:
         """Stop at once, as a crash would (`-m immediate`)."""
-        self._run(_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        self._run(_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "-t", WAIT_S, "stop")
 
     def stop(self) -> None:
-        self._run(_binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop", check=False)
+        self._run(_binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", WAIT_S, "stop", check=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def new_database(self) -> str:
