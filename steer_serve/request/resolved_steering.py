@@ -118,12 +118,14 @@ class ResolvedSteering:
     @property
     def kinds(self) -> frozenset[str]:
         """Which kinds of edit this configuration uses: add, projection, heads, routing (and dose, a limit on
-        add; topk, a TopK SAE feature clamp among the projections)."""
+        add; topk, a TopK SAE feature clamp among the projections; rescale, a projection scaled by the
+        stream's norm)."""
         present = {"add": self.additions, "projection": self.projections, "heads": self.head_scales,
                    "routing": self.expert_routing}
         kinds = {kind for kind, edits in present.items() if edits}
         kinds |= {"dose"} if self.max_dose is not None and self.additions else set()
         kinds |= {"topk"} if any(p.topk for p in self.projections) else set()
+        kinds |= {"rescale"} if any(p.rescale for p in self.projections) else set()
         return frozenset(kinds | {"condition"} if self.condition is not None else kinds)
 
     @property

@@ -18,8 +18,8 @@ Hooks are installed before the first forward pass: torch.compile traces them in,
 would be ignored by the compiled graph. Compiled engines (`opaque`) call each site's edit through
 one opaque custom op (engine/opaque_sites.py), so the graph grows by one node per site instead of
 by every tensor operation of the edits. A hook may skip the kinds of edit no request of the step
-uses and run only the projection slots the step's requests fill at its layer (none on most
-layers), so unsteered batches cost almost nothing (`skip_unused`: eager, and compiled CPU engines,
+uses and the projections at layers where no request of the step has one (most layers), so
+unsteered batches cost almost nothing (`skip_unused`: eager, and compiled CPU engines,
 where nothing replays a captured graph); under CUDA graphs every edit always runs (on identity
 rows when unused), since a captured graph cannot branch on per-step host data.
 """
@@ -42,7 +42,7 @@ def install_hooks(model_sites: ModelSites, runtime: SteeringRuntime, max_dose: f
                   skip_unused: bool = False, opaque: bool = False) -> list[Any]:
     """Register every hook the adapter placed; returns the handles (call .remove() to undo)."""
     needed = (lambda kind: kind in runtime.kinds_in_step) if skip_unused else (lambda kind: True)
-    # projection slots to run at a layer: the ones this step's requests fill, or all K
+    # projection slots the step's requests fill at a layer (0: skip the layer's projections), or all K
     slots = (lambda layer: runtime.projections_in_step.get(layer, 0)) if skip_unused else (
         lambda layer: runtime.tables.num_projections)
     pair = model_sites.adapter.stream == "pair"
@@ -139,11 +139,14 @@ def _residual_edit(runtime: SteeringRuntime, layer: int, max_dose: float | None,
         offsets = tables.proj_offset[layer].index_select(0, rows)  # [T, K]
         thresholds = tables.proj_threshold[layer].index_select(0, rows)  # [T, K]
         rescales = tables.proj_rescale[layer].index_select(0, rows)  # [T, K]
-        topk_rows = tables.proj_topk[layer].index_select(0, rows) if topk is not None and needed("topk") else None  # [T, K]
-        for k in range(num_projections):
-            threshold = thresholds[:, k : k + 1]  # [T, 1]
-            if topk_rows is not None:  # TopK features: selected among the k largest of the current stream
-                threshold = torch.where(topk_rows[:, k : k + 1], topk.threshold(stream()), threshold)
+        if topk is None or not needed("topk"):
+            # all K slots: the fused pass costs about the same for any count, and unfilled slots
+            # (zero vectors) add exact zeros, so a token's result never depends on its step's company
+            return _project_all(stream(), x, directions, encoders, values, offsets, thresholds,
+                                rescales if needed("rescale") else None)
+        topk_rows = tables.proj_topk[layer].index_select(0, rows)  # [T, K]
+        for k in range(num_projections):  # TopK features: selected among the k largest of the current stream
+            threshold = torch.where(topk_rows[:, k : k + 1], topk.threshold(stream()), thresholds[:, k : k + 1])
             x = _project(stream(), x, directions[:, k], encoders[:, k], values[:, k : k + 1],
                          offsets[:, k : k + 1], threshold, rescales[:, k : k + 1])
         return x
@@ -163,6 +166,44 @@ def _project(stream: torch.Tensor, residual: torch.Tensor, direction: torch.Tens
     read = scale * (stream * encoder).sum(dim=-1, keepdim=True) + offset  # [T, 1]
     feature = read * (read > threshold).to(read.dtype)  # [T, 1]; -inf threshold: the read itself
     return residual + (value - feature) * direction / scale  # [T, D]
+
+
+def _project_all(stream: torch.Tensor, residual: torch.Tensor, directions: torch.Tensor, encoders: torch.Tensor,
+                 values: torch.Tensor, offsets: torch.Tensor, thresholds: torch.Tensor,
+                 rescales: torch.Tensor | None) -> torch.Tensor:
+    """Every projection slot of a layer, in slot order: the same result as calling _project once per
+    slot (slot k reads the stream the slots before it left), with the D-sized products done once in
+    batched matmuls. Slot i moves the stream by c_i * direction_i, which changes what slot j reads by
+    c_i * (direction_i . encoder_j): the per-token Gram matrix carries the dependency, and the
+    sequential part runs on [T] scalars instead of [T, D] tensors (fewer, smaller kernels). With
+    rescaling, the stream's norm is carried the same way (|s + c d|^2 = |s|^2 + 2c s.d + c^2 |d|^2).
+
+    stream/residual: [T, D]; directions/encoders: [T, n, D]; values/offsets/thresholds/rescales:
+    [T, n]; rescales None when no slot of the step rescales (every scale is then 1).
+    """
+    slots = directions.shape[1]
+    reads = torch.bmm(encoders, stream.unsqueeze(-1)).squeeze(-1)  # [T, n]: stream . encoder_j
+    gram = torch.bmm(directions, encoders.transpose(1, 2))  # [T, n, n]: direction_i . encoder_j
+    if rescales is not None:
+        along = torch.bmm(directions, stream.unsqueeze(-1)).squeeze(-1)  # [T, n]: stream . direction_j
+        self_gram = torch.bmm(directions, directions.transpose(1, 2))  # [T, n, n]: direction_i . direction_j
+        square = (stream * stream).sum(dim=-1)  # [T]: |stream|^2
+    coefficients = []
+    for k in range(slots):
+        scale = 1.0
+        if rescales is not None:
+            norm = square.clamp_min(0.0).sqrt().clamp_min(1e-12)  # [T]
+            scale = 1.0 + rescales[:, k] * (stream.shape[-1] ** 0.5 / norm - 1.0)  # [T]
+        read = scale * reads[:, k] + offsets[:, k]  # [T]
+        feature = read * (read > thresholds[:, k]).to(read.dtype)  # [T]
+        coefficient = (values[:, k] - feature) / scale  # [T]: the stream moves by coefficient * direction_k
+        reads = reads + coefficient.unsqueeze(-1) * gram[:, k]  # [T, n]
+        if rescales is not None:
+            square = square + coefficient * (2.0 * along[:, k] + coefficient * self_gram[:, k, k])  # [T]
+            along = along + coefficient.unsqueeze(-1) * self_gram[:, k]  # [T, n]
+        coefficients.append(coefficient)
+    moves = torch.stack(coefficients, dim=-1).unsqueeze(1)  # [T, 1, n]
+    return residual + torch.bmm(moves, directions).squeeze(1)  # [T, D]
 
 
 def _clip_dose(delta: torch.Tensor, stream: torch.Tensor, max_dose: float) -> torch.Tensor:

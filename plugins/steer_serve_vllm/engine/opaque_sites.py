@@ -8,9 +8,9 @@ node per site; dynamo, AOT autograd and inductor never look inside.
 
 Inside the op the edit runs as eager PyTorch. Where nothing replays a captured graph (CPU), the
 op may branch on the step's host-side state exactly as the eager hooks do: skip the kinds of edit no
-request uses, run only the projection slots the step fills, skip unobserved layers. Under CUDA
-graphs the op's kernels are recorded once and replayed, so there the installer passes
-`skip_unused=False` and every edit runs on identity rows, as a traced graph would.
+request uses, skip projections at layers the step's requests do not project at, skip unobserved
+layers. Under CUDA graphs the op's kernels are recorded once and replayed, so there the installer
+passes `skip_unused=False` and every edit runs on identity rows, as a traced graph would.
 
 Each op finds its site's function by layer index in this process's registry. vLLM runs one model
 per worker process, and the in-process test engines run one after another, so one engine's sites

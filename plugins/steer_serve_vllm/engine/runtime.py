@@ -50,7 +50,8 @@ class SteeringRuntime:
         self._request_fingerprint: dict[str, str] = {}
         # Kinds of edit used by this step's requests; eager-mode hooks skip the others entirely.
         self.kinds_in_step: frozenset[str] = frozenset()
-        # layer -> projection slots any of this step's requests fills there; eager hooks run only those.
+        # layer -> projection slots any of this step's requests fills there; skipping hooks run
+        # projections only at these layers (and, for TopK clamps, only these slots).
         self.projections_in_step: dict[int, int] = {}
         self._configs: dict[str, tuple[ResolvedSteering, int]] = {}  # fingerprint -> (steering, live requests)
         self._depths: dict[str, dict[int, int]] = {}  # fingerprint -> its projection slots per layer

@@ -17,7 +17,7 @@ import torch
 
 from steer_serve.library.sae_formats import read_saelens
 from steer_serve.request.steering_resolver import feature_clamp
-from steer_serve_vllm.engine.layer_hooks import _project
+from steer_serve_vllm.engine.layer_hooks import _project, _project_all
 from harness.saes import random_sae, saelens_model
 
 import sae_lens  # noqa: E402,F401  (a test dependency: its absence must fail, not skip)
@@ -60,6 +60,33 @@ def test_clamped_feature_reads_back_as_its_value(tmp_path: Path) -> None:
     active = before > 0  # clamping reads f through the gate: where f = 0 the edit adds c on top of pre <= t
     assert active.any()
     torch.testing.assert_close(after[active], torch.full_like(after[active], 3.0), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("rescaled", [False, True])
+def test_all_slots_at_once_equal_the_slots_one_by_one(rescaled: bool) -> None:
+    """_project_all (one pass over a layer's slots) against _project called per slot on the stream
+    the slots before left: correlated slot vectors, so each slot's move changes what later slots
+    read; thresholds active, absent (-inf) and unused zero slots mixed; float64 so only algebra
+    could differ."""
+    gen = torch.Generator().manual_seed(11)
+    tokens, slots = 40, 6
+    draw = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
+    shared = draw(tokens, 1, D)
+    directions, encoders = shared + draw(tokens, slots, D), shared + draw(tokens, slots, D)  # correlated
+    directions[:, -1] = 0.0  # an unused slot: zero direction, no edit
+    values, offsets = draw(tokens, slots), draw(tokens, slots)
+    thresholds = torch.where(draw(tokens, slots) > 0, torch.full((tokens, slots), float("-inf"), dtype=torch.float64),
+                             draw(tokens, slots).abs())
+    rescales = (draw(tokens, slots) > 0).to(torch.float64) if rescaled else torch.zeros(tokens, slots, dtype=torch.float64)
+    stream = 3 * draw(tokens, D)
+    expected = torch.zeros_like(stream)
+    for k in range(slots):
+        expected = _project(stream + expected, expected, directions[:, k], encoders[:, k], values[:, k : k + 1],
+                            offsets[:, k : k + 1], thresholds[:, k : k + 1], rescales[:, k : k + 1])
+    fused = _project_all(stream, torch.zeros_like(stream), directions, encoders, values, offsets, thresholds,
+                         rescales if rescaled else None)
+    torch.testing.assert_close(fused, expected, atol=1e-9, rtol=1e-9)
+    assert not torch.allclose(expected, torch.zeros_like(expected))
 
 
 def _files(tiny) -> tuple[bytes, bytes]:

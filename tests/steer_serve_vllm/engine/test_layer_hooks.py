@@ -289,8 +289,9 @@ def test_a_topk_feature_clamp_reads_its_feature_through_the_layers_full_encoder(
 
 
 def test_eager_hooks_run_only_the_projection_slots_the_step_fills() -> None:
-    """K = 8 slots; the step's requests fill 3 at layer 1 (prompt phase) and 1 at layer 2: eager runs
-    exactly those (no projection work on layer 0) and gives the all-slots (compiled) result bit for bit."""
+    """K = 8 slots; the step's requests fill 3 at layer 1 (prompt phase) and 1 at layer 2: skipping
+    hooks project at those layers only (no projection work on layer 0) and give the result of the
+    hooks that run every layer (CUDA graphs) bit for bit."""
     units = [_vector(40 + i) / np.linalg.norm(_vector(40 + i)) for i in range(4)]
     steering = ResolvedSteering(projections=(
         LayerProjection(1, "prompt", units[0], 0.5), LayerProjection(1, "all", units[1], 0.0),
