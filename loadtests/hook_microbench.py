@@ -206,7 +206,7 @@ def sites_alone(num_layers: int, hidden: torch.Tensor) -> torch.Tensor:
     hidden: [T, D] (the stand-in attention's output is D wide)."""
     residual = hidden
     for layer in range(num_layers):
-        scaled = torch.ops.steer_serve.head_scale(hidden, layer)  # [T, D]
+        scaled = torch.ops.steer_serve.row_edit(hidden, "heads", layer)  # [T, D]
         residual = torch.ops.steer_serve.layer_output(residual, scaled, layer)  # [T, D]
     return residual
 

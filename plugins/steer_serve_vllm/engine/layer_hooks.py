@@ -56,15 +56,15 @@ def install_hooks(model_sites: ModelSites, runtime: SteeringRuntime, max_dose: f
         if site.attention_out is not None:
             scale = _head_scale(runtime, index, model_sites.first_head, model_sites.heads_per_rank, needed)
             if opaque:
-                opaque_sites.register_head_edit(index, scale)
-                scale = _row_op(torch.ops.steer_serve.head_scale, index)
+                opaque_sites.register_row_edit("heads", index, scale)
+                scale = _row_op("heads", index)
             handles.append(site.attention_out.register_forward_pre_hook(_head_hook(scale)))
         router = site.router
         if router is not None and router.logits is not None:
             bias = _router_bias(runtime, index, needed)
             if opaque:
-                opaque_sites.register_router_edit(index, bias)
-                bias = _row_op(torch.ops.steer_serve.router_bias, index)
+                opaque_sites.register_row_edit("router", index, bias)
+                bias = _row_op("router", index)
             handles.append(router.logits.register_forward_hook(_router_hook(bias)))
         elif router is not None:  # traced into a compiled graph: no per-step branching there
             wrap_selection(router.selector, runtime, index, needed if not opaque else (lambda kind: True))
@@ -84,8 +84,9 @@ def _layer_output_op(layer: int) -> LayerEdit:
     return lambda base, x: torch.ops.steer_serve.layer_output(x, base, layer)
 
 
-def _row_op(op: Any, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda rows: op(rows, layer)
+def _row_op(site: str, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The site's row edit as a call of the opaque row op: one node in a compiled graph."""
+    return lambda rows: torch.ops.steer_serve.row_edit(rows, site, layer)
 
 
 def layer_output_hook(edit: LayerEdit, pair: bool) -> Callable[..., Any]:

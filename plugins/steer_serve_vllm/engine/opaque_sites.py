@@ -31,8 +31,7 @@ RowEdit = Callable[[torch.Tensor], torch.Tensor]  # [T, N] -> [T, N]
 
 _STEER: dict[int, LayerEdit] = {}
 _OBSERVE: dict[int, LayerObserver] = {}
-_HEADS: dict[int, RowEdit] = {}
-_ROUTER: dict[int, RowEdit] = {}
+_ROWS: dict[tuple[str, int], RowEdit] = {}  # (site, layer) -> its edit; sites: "heads", "router"
 
 
 def register_layer_edit(layer: int, edit: LayerEdit) -> None:
@@ -43,12 +42,8 @@ def register_layer_observer(layer: int, observe: LayerObserver) -> None:
     _OBSERVE[layer] = observe
 
 
-def register_head_edit(layer: int, edit: RowEdit) -> None:
-    _HEADS[layer] = edit
-
-
-def register_router_edit(layer: int, edit: RowEdit) -> None:
-    _ROUTER[layer] = edit
+def register_row_edit(site: str, layer: int, edit: RowEdit) -> None:
+    _ROWS[site, layer] = edit
 
 
 def _fresh(result: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
@@ -79,23 +74,14 @@ def _layer_output_shape(x: torch.Tensor, base: Optional[torch.Tensor], layer: in
     return _like(x)
 
 
-@torch.library.custom_op("steer_serve::head_scale", mutates_args=())
-def head_scale(attn: torch.Tensor, layer: int) -> torch.Tensor:
-    """Per-head scaling of the attention output before o_proj; attn: [T, H*hd] -> [T, H*hd]."""
-    return _fresh(_HEADS[layer](attn), attn)
+@torch.library.custom_op("steer_serve::row_edit", mutates_args=())
+def row_edit(rows: torch.Tensor, site: str, layer: int) -> torch.Tensor:
+    """A per-token row edit at one site of layer `layer`: "heads" scales each head's slice of the
+    attention output before o_proj ([T, H*hd]); "router" offsets the router logits to switch experts
+    off or force them on ([T, E]). Same shape out as in."""
+    return _fresh(_ROWS[site, layer](rows), rows)
 
 
-@head_scale.register_fake
-def _head_scale_shape(attn: torch.Tensor, layer: int) -> torch.Tensor:
-    return _like(attn)
-
-
-@torch.library.custom_op("steer_serve::router_bias", mutates_args=())
-def router_bias(logits: torch.Tensor, layer: int) -> torch.Tensor:
-    """Per-token router logit offsets (switch experts off or force them on); logits: [T, E] -> [T, E]."""
-    return _fresh(_ROUTER[layer](logits), logits)
-
-
-@router_bias.register_fake
-def _router_bias_shape(logits: torch.Tensor, layer: int) -> torch.Tensor:
-    return _like(logits)
+@row_edit.register_fake
+def _row_edit_shape(rows: torch.Tensor, site: str, layer: int) -> torch.Tensor:
+    return _like(rows)

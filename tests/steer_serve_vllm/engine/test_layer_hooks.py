@@ -387,7 +387,7 @@ def test_a_compiled_layer_holds_one_node_per_site_and_branches_per_step_inside_i
     ops = [node for node in graphs[0].graph.nodes if "steer_serve" in str(node.target)]
     assert len(graphs) == 1, "a new step's kinds must not retrace"
     assert sorted(str(node.target) for node in ops) == [
-        "steer_serve.head_scale", "steer_serve.layer_output", "steer_serve.router_bias"]
+        "steer_serve.layer_output", "steer_serve.row_edit", "steer_serve.row_edit"]
     traced = torch.compile(_Caller(layers[1]), backend=keep_graph, fullgraph=True, dynamic=False)
     traced(x)
     assert len(graphs[1].graph.nodes) > len(graphs[0].graph.nodes) + 40
