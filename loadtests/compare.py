@@ -38,11 +38,11 @@ from loadtests.report import summarise, write_report
 from loadtests.vllm_bench import run_benchmark
 from steer_serve.default_model import default_model_dir
 from harness.servers import Server
+from harness.tiny_models import build_tiny_llama, build_tiny_model
 
 # KV cache of both servers: 1 GiB, so 32 concurrent requests of 64 + 64 tokens never queue for cache
 # (the test suite's 64 MiB default would hold ~1,400 SmolLM2 tokens and cap concurrency near 11)
 BENCH_KV_CACHE_BYTES = 2**30
-from harness.tiny_models import build_tiny_llama, build_tiny_model
 
 
 def run_section(section: Section, repeats: int, log_dir: Path, eager: bool = False) -> dict[str, dict]:

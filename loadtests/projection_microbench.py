@@ -11,25 +11,20 @@ variants give the same edit (tests/steer_serve_vllm/engine/test_feature_clamp_ma
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Callable
 
 import torch
 
+from loadtests.hook_microbench import WARMUP_CALLS, timed
 from steer_serve_vllm.engine.layer_hooks import _project, _project_all
 
 TOKENS = (1, 32, 256, 2048)  # decode batches, a prefill chunk
 
 
 def fastest_ms(fn: Callable[[], torch.Tensor], calls: int) -> float:
-    for _ in range(3):
+    for _ in range(WARMUP_CALLS):
         fn()
-    seconds = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return min(seconds) * 1e3
+    return min(timed(fn, calls, lambda: None)) * 1e3
 
 
 def variants(tokens: int, slots: int, hidden: int, rescale: bool) -> dict[str, Callable[[], torch.Tensor]]:
