@@ -199,16 +199,25 @@ class HookedStack:
         return owners
 
 
-def sites_alone(num_layers: int, hidden: torch.Tensor) -> torch.Tensor:
+def sites_alone(num_layers: int, attention: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """Only the hooked stack's hook sites, as its compiled graph calls them (one head-scale and one
-    layer-output op per layer, our real edits behind them), without the layers: timed alone, their
-    cost is measured directly instead of as the small difference of two noisy step times.
-    hidden: [T, D] (the stand-in attention's output is D wide)."""
-    residual = hidden
+    layer-output op per layer, in place, our real edits behind them), without the layers: timed
+    alone, their cost is measured directly instead of as the small difference of two noisy step
+    times. attention, residual: [T, D] (the stand-in attention's output is D wide), edited in place."""
     for layer in range(num_layers):
-        scaled = torch.ops.steer_serve.row_edit(hidden, "heads", layer)  # [T, D]
-        residual = torch.ops.steer_serve.layer_output(residual, scaled, layer)  # [T, D]
+        torch.ops.steer_serve.row_edit(attention, "heads", layer)
+        torch.ops.steer_serve.layer_output(residual, attention, layer)
     return residual
+
+
+def site_buffers(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two tensors sites_alone edits in place; static addresses under CUDA graphs, where a
+    captured graph may mutate only those."""
+    buffers = hidden.clone(), hidden.clone()
+    if hidden.device.type == "cuda":
+        for buffer in buffers:
+            torch._dynamo.mark_static_address(buffer)
+    return buffers
 
 
 def floor_step(pool: torch.Tensor, index: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -313,7 +322,7 @@ def bench_stack(dims: Dims, batches: tuple[int, ...], device: torch.device, dtyp
         sites_ms = {}
         for k in SITES_KS:  # the hook sites alone, fastest of many calls
             hooked.set_traffic(batch, k)
-            sites = functools.partial(sites_fn, hidden)
+            sites = functools.partial(sites_fn, *site_buffers(hidden))
             sites_ms[k] = min(timed(sites, max(SITES_CALLS, calls_per_block(sites, sync, block_s)), sync)) * 1e3
         rows.append(_row(dims, batch, samples, same, calls) | _sites_columns(sites_ms))
         print(json.dumps(rows[-1]), flush=True)

@@ -7,8 +7,9 @@ Where each hook goes is the model adapter's answer (engine/adapters/, placed by 
 the hooks themselves are generic:
 - decoder layer output: (hidden, residual) layers (vLLM's Llama family) get the edit in
   `residual`, whose sum with `hidden` is the stream after the layer; one-tensor layers (GPT-2,
-  the Transformers backend) get it in the tensor. Always out of place (fused add+RMSNorm
-  kernels mutate their inputs).
+  the Transformers backend) get it in the tensor. Eager hooks edit out of place (fused
+  add+RMSNorm kernels mutate their inputs, so the layer's tensors are not ours to write); the
+  compiled engines' opaque ops edit in place, which functionalization makes safe.
 - attention output projection input (o_proj / c_proj / dense): per-head scale of the attention
   output ([T, H*hd], heads are sharded across TP ranks, rank r holding heads [r*H, (r+1)*H)).
 - MoE router logits (softmax kinds): [T, E] plus a bias row (-inf disabled, +FORCE_LOGIT
@@ -80,13 +81,34 @@ def opaque_sites_work(model_sites: ModelSites) -> bool:
 
 
 def _layer_output_op(layer: int) -> LayerEdit:
-    """The layer's edit as a call of its opaque op: one node in a compiled graph."""
-    return lambda base, x: torch.ops.steer_serve.layer_output(x, base, layer)
+    """The layer's edit as a call of its opaque op (in place on x): one node in a compiled graph."""
+
+    def edit(base: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        x = _own(x)
+        torch.ops.steer_serve.layer_output(x, base, layer)
+        return x
+
+    return edit
 
 
 def _row_op(site: str, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The site's row edit as a call of the opaque row op: one node in a compiled graph."""
-    return lambda rows: torch.ops.steer_serve.row_edit(rows, site, layer)
+    """The site's row edit as a call of the opaque row op (in place): one node in a compiled graph."""
+
+    def edit(rows: torch.Tensor) -> torch.Tensor:
+        rows = _own(rows)
+        torch.ops.steer_serve.row_edit(rows, site, layer)
+        return rows
+
+    return edit
+
+
+def _own(x: torch.Tensor) -> torch.Tensor:
+    """A tensor the in-place op may write. Inside a compiled graph, x itself: the sites' tensors have
+    no other reader (a layer's residual is read only by the next layer, whose fused add+RMSNorm
+    writes it in place too; the attention output only by o_proj; the router logits only by the
+    experts), and inductor re-inplaces the functionalized op, so the site allocates nothing. Eagerly
+    (tests; not a compiled engine's hot path), a copy, keeping the eager hooks' out-of-place contract."""
+    return x if torch.compiler.is_compiling() else x.clone()
 
 
 def layer_output_hook(edit: LayerEdit, pair: bool) -> Callable[..., Any]:

@@ -12,6 +12,15 @@ request uses, skip projections at layers the step's requests do not project at, 
 layers. Under CUDA graphs the op's kernels are recorded once and replayed, so there the installer
 passes `skip_unused=False` and every edit runs on identity rows, as a traced graph would.
 
+The ops edit their input in place and return nothing, registered with torch.library's low-level
+`Library` API rather than `torch.library.custom_op`. Both choices are about the idle cost: a
+compiled CPU step calls two ops per layer even when nobody steers. Measured per call under
+inference mode (one CPU thread, [16, 576]): a functional `custom_op` 8.4 us (its Python wrapper
+plus a copy, as a functional op may not return its input), a functional `Library` op 5.5 us, the
+in-place `Library` op 2.5 us, no copy when nothing is edited. Functionalization turns the mutation
+into an `auto_functionalized` node and inductor's re-inplacing pass back into an in-place call, so
+the compiled graph allocates nothing for the site; an edited step copies its result into the input.
+
 Each op finds its site's function by layer index in this process's registry. vLLM runs one model
 per worker process, and the in-process test engines run one after another, so one engine's sites
 are registered at a time; a later install replaces an earlier one's.
@@ -46,42 +55,34 @@ def register_row_edit(site: str, layer: int, edit: RowEdit) -> None:
     _ROWS[site, layer] = edit
 
 
-def _fresh(result: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-    """A new contiguous tensor: a functional custom op may not return one of its inputs (copy when
-    nothing was edited), and the compiled graph reads the output with the strides the fake gave."""
-    if result is source:
-        return source.clone(memory_format=torch.contiguous_format)
-    return result.contiguous()
+def _assign(target: torch.Tensor, result: torch.Tensor) -> None:
+    """Write an out-of-place edit's result into the op's mutable input (nothing when unedited)."""
+    if result is not target:
+        target.copy_(result)
 
 
-def _like(x: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
-@torch.library.custom_op("steer_serve::layer_output", mutates_args=())
-def layer_output(x: torch.Tensor, base: Optional[torch.Tensor], layer: int) -> torch.Tensor:
-    """Decoder layer `layer`'s steering edit of x, then its observation; x: [T, D] -> [T, D]."""
+def _layer_output(x: torch.Tensor, base: Optional[torch.Tensor], layer: int) -> None:
+    """Decoder layer `layer`'s steering edit of x in place, then its observation; x: [T, D]."""
     steer = _STEER.get(layer)
-    edited = steer(base, x) if steer is not None else x
+    if steer is not None:
+        _assign(x, steer(base, x))
     observe = _OBSERVE.get(layer)
     if observe is not None:
-        observe(base, edited)
-    return _fresh(edited, x)
+        observe(base, x)
 
 
-@layer_output.register_fake
-def _layer_output_shape(x: torch.Tensor, base: Optional[torch.Tensor], layer: int) -> torch.Tensor:
-    return _like(x)
+def _row_edit(rows: torch.Tensor, site: str, layer: int) -> None:
+    """A per-token row edit in place at one site of layer `layer`: "heads" scales each head's slice
+    of the attention output before o_proj ([T, H*hd]); "router" offsets the router logits to switch
+    experts off or force them on ([T, E])."""
+    _assign(rows, _ROWS[site, layer](rows))
 
 
-@torch.library.custom_op("steer_serve::row_edit", mutates_args=())
-def row_edit(rows: torch.Tensor, site: str, layer: int) -> torch.Tensor:
-    """A per-token row edit at one site of layer `layer`: "heads" scales each head's slice of the
-    attention output before o_proj ([T, H*hd]); "router" offsets the router logits to switch experts
-    off or force them on ([T, E]). Same shape out as in."""
-    return _fresh(_ROWS[site, layer](rows), rows)
-
-
-@row_edit.register_fake
-def _row_edit_shape(rows: torch.Tensor, site: str, layer: int) -> torch.Tensor:
-    return _like(rows)
+# Kept alive for the process: dropping a Library unregisters its ops.
+_LIBRARY = torch.library.Library("steer_serve", "DEF")
+_LIBRARY.define("layer_output(Tensor(a!) x, Tensor? base, int layer) -> ()")
+_LIBRARY.define("row_edit(Tensor(a!) rows, str site, int layer) -> ()")
+_LIBRARY.impl("layer_output", _layer_output, "CompositeExplicitAutograd")
+_LIBRARY.impl("row_edit", _row_edit, "CompositeExplicitAutograd")
+torch.library.register_fake("steer_serve::layer_output", lambda x, base, layer: None, lib=_LIBRARY)
+torch.library.register_fake("steer_serve::row_edit", lambda rows, site, layer: None, lib=_LIBRARY)
