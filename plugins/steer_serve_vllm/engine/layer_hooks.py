@@ -76,7 +76,8 @@ def opaque_sites_work(model_sites: ModelSites) -> bool:
     """Whether a compiled engine may call its sites through opaque ops. Not on models with
     bias-corrected grouped routing (DeepSeek-V3/R1): there a compiled graph holding any of our ops,
     even one that only copies its input, gives NaN logits on vLLM 0.32 CPU (DeepSeek-V2, same MLA
-    layers with softmax routing, is exact). Not understood yet; those models keep traced hooks."""
+    layers with softmax routing, is exact); the in-place ops fail there too (unsteered tokens off
+    HF, steered ones token 0). Not understood yet; those models keep traced hooks."""
     return not any(site.router is not None and site.router.logits is None for site in model_sites.sites)
 
 
