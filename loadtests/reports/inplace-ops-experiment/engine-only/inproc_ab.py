@@ -1,9 +1,8 @@
 """Engine-only A/B: compiled in-process vLLM engine (no HTTP, no API process), 64 requests of
 64 random prompt tokens + N output tokens, steered (32 distinct vectors on 10 layers) vs unsteered,
-alternated; prints generate() wall time per run. Run from a repo dir with its venv."""
+alternated; prints generate() wall time per run. Run with the repo's venv (its packages are installed)."""
 import json, sys, tempfile, time
 from pathlib import Path
-sys.path.insert(0, ".")
 import numpy as np
 import harness.in_process_engine as ipe
 ipe.KV_CACHE_BYTES = 2**30

@@ -1,8 +1,7 @@
 """py-spy (raw) of one steered and one unsteered 64-request batch on the in-process compiled
-engine, 128 output tokens; writes /tmp/s7/prof-<tag>-{steered,unsteered}.txt. Run from a repo dir."""
+engine, 128 output tokens; writes /tmp/s7/prof-<tag>-{steered,unsteered}.txt. Run with the repo's venv."""
 import json, os, signal, subprocess, sys, tempfile, time
 from pathlib import Path
-sys.path.insert(0, ".")
 import numpy as np
 import harness.in_process_engine as ipe
 ipe.KV_CACHE_BYTES = 2**30
