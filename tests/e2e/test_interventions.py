@@ -112,7 +112,7 @@ COMBINED = ("add+ablate+heads", "add+ablate+experts+heads", "heads-mask-and-scal
 # Compiled: one architecture per kind of hook site (one-tensor layers, (hidden, residual) layers, each
 # routing kind). TP=2: Mixtral, eager (heads split across ranks, router replicated, expert weights
 # sharded; the residual edits are on the all-reduced layer output).
-COMPILED = ("gpt2", "mixtral", "deepseek_v2", "deepseek_v3")
+COMPILED = ("gpt2", "mixtral", "gpt_oss", "deepseek_v2", "deepseek_v3")
 TP2 = ("mixtral",)
 EAGER = DENSE_KINDS + MOE_KINDS
 # The two TP ranks' OpenMP threads on the two cores (one each), as a TP=2 server on this machine has
@@ -125,8 +125,10 @@ TP2_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
 # server; TP=2 ~35 s, its two workers are processes). Over HTTP in CI: the dose modes, and the
 # no-silent-no-op property on the session's tiny Llama server.
 COMPILE_BACKEND = "inductor"  # vLLM's default on CPU: what a served compiled model runs
-# Compiled DeepSeek: HF equality and the no-op property (one engine answers both).
-COMPILED_CHECKS = {"gpt2": ("hf",), "mixtral": ("hf",), "deepseek_v2": ("hf", "no-op"), "deepseek_v3": ("hf", "no-op")}
+# Compiled gpt-oss and DeepSeek (the routers edited outside vLLM's MoE op or in its selection score):
+# HF equality and the no-op property (one engine answers both).
+COMPILED_CHECKS = {"gpt2": ("hf",), "mixtral": ("hf",), "gpt_oss": ("hf", "no-op"),
+                   "deepseek_v2": ("hf", "no-op"), "deepseek_v3": ("hf", "no-op")}
 
 
 def _in_process_runs() -> list:
