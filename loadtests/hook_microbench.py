@@ -199,13 +199,15 @@ class HookedStack:
         return owners
 
 
-def sites_alone(num_layers: int, attention: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def sites_alone(num_layers: int, heads: bool, attention: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """Only the hooked stack's hook sites, as its compiled graph calls them (one head-scale and one
     layer-output op per layer, in place, our real edits behind them), without the layers: timed
     alone, their cost is measured directly instead of as the small difference of two noisy step
-    times. attention, residual: [T, D] (the stand-in attention's output is D wide), edited in place."""
+    times. heads=False: the layer-output ops only, as a server started with --no-head-sites calls them.
+    attention, residual: [T, D] (the stand-in attention's output is D wide), edited in place."""
     for layer in range(num_layers):
-        torch.ops.steer_serve.row_edit(attention, "heads", layer)
+        if heads:
+            torch.ops.steer_serve.row_edit(attention, "heads", layer)
         torch.ops.steer_serve.layer_output(residual, attention, layer)
     return residual
 
@@ -296,7 +298,8 @@ def bench_stack(dims: Dims, batches: tuple[int, ...], device: torch.device, dtyp
     plain_fn = compile_fn(functools.partial(run_stack, layers), device)
     hooked_fn = compile_fn(functools.partial(run_stack, hooked.layers), device)
     floor_fn = compile_fn(floor_step, device)
-    sites_fn = compile_fn(functools.partial(sites_alone, dims.layers), device)
+    sites_fn = compile_fn(functools.partial(sites_alone, dims.layers, True), device)
+    residual_sites_fn = compile_fn(functools.partial(sites_alone, dims.layers, False), device)
     pool = hooked.runtime.tables.pool
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows = []
@@ -324,6 +327,9 @@ def bench_stack(dims: Dims, batches: tuple[int, ...], device: torch.device, dtyp
             hooked.set_traffic(batch, k)
             sites = functools.partial(sites_fn, *site_buffers(hidden))
             sites_ms[k] = min(timed(sites, max(SITES_CALLS, calls_per_block(sites, sync, block_s)), sync)) * 1e3
+        hooked.set_traffic(batch, 0)  # idle, layer-output sites only (--no-head-sites)
+        sites = functools.partial(residual_sites_fn, *site_buffers(hidden))
+        sites_ms["0_residual"] = min(timed(sites, max(SITES_CALLS, calls_per_block(sites, sync, block_s)), sync)) * 1e3
         rows.append(_row(dims, batch, samples, same, calls) | _sites_columns(sites_ms))
         print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -348,7 +354,7 @@ def _row(dims: Dims, batch: int, samples: dict[str, list[tuple[float, float, flo
     return row
 
 
-def _sites_columns(sites_ms: dict[int, float]) -> dict:
+def _sites_columns(sites_ms: dict[int | str, float]) -> dict:
     return {f"sites_k{k}_ms": ms for k, ms in sites_ms.items()}
 
 
@@ -364,7 +370,7 @@ def _ratio_cell(row: dict, name: str) -> str:
     return f"{row[f'ratio_{name}']:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def _sites_cell(row: dict, k: int) -> str:
+def _sites_cell(row: dict, k: int | str) -> str:
     ms = row.get(f"sites_k{k}_ms")
     return "-" if ms is None else f"{ms:.3f} ({ms / row['plain_ms']:.2%})"
 
@@ -381,7 +387,9 @@ def write_report(out: Path) -> None:
         "share of the plain step. Sites alone: the hooked stack's hook sites (one head-scale and one layer-output "
         "op per layer, our real edits behind them) compiled and timed without the layers, fastest call, and "
         "their share of the plain step: the hooks' cost measured directly (a step with hooks costs about plain "
-        "+ sites, so idle >= 0.995 needs an idle share <= 0.5%, K = 256 >= 0.97 a share <= 3.1%). Idle output equal: the compiled hooked stack at K = 0 gives the compiled plain "
+        "+ sites, so idle >= 0.995 needs an idle share <= 0.5%, K = 256 >= 0.97 a share <= 3.1%); "
+        "*idle, layer-output sites only*: the same without the head-scale ops, as a server started with "
+        "`--no-head-sites` calls them. Idle output equal: the compiled hooked stack at K = 0 gives the compiled plain "
         "stack's output bit for bit.", "",
     ]
     for path in sorted(out.glob("*.json")):
@@ -394,13 +402,14 @@ def write_report(out: Path) -> None:
                   f"{meta.get('load_before', '-')}/{meta.get('load_after', '-')}. Command: `{meta['command']}`.", "",
                   "| layers built / model (steered) | batch | plain ms | idle ratio [95% CI] | idle target | "
                   "K=32 ratio | K=256 ratio [95% CI] | K=256 target | floor share | sites alone, idle: ms (share) | "
-                  "sites alone, K=256: ms (share) | idle output equal |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "sites alone, K=256: ms (share) | idle, layer-output sites only: ms (share) | idle output equal |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in result["rows"]:
             lines.append(f"| {r['layers']}/{r['model_layers']} ({r['steered_layers']}) | {r['batch']} | "
                          f"{r['plain_ms']:.3f} | {_ratio_cell(r, 'k0')} | {r['verdict_k0']} | "
                          f"{_ratio_cell(r, 'k32')} | {_ratio_cell(r, 'k256')} | {r['verdict_k256']} | "
                          f"{r['floor_share']:.2%} | {_sites_cell(r, 0)} | {_sites_cell(r, 256)} | "
+                         f"{_sites_cell(r, '0_residual')} | "
                          f"{'yes' if r['idle_output_equal'] else 'no'} |")
         lines.append("")
     (out / "report.md").write_text("\n".join(lines))

@@ -81,6 +81,10 @@ def serve_environment(args: argparse.Namespace, passthrough: list[str] = ()) -> 
         env["STEER_SERVE_TOPK_CLAMP_SAES"] = json.dumps(args.topk_clamp_saes)
     if args.steering_projections is not None:
         env["STEER_SERVE_STEERING_PROJECTIONS"] = str(args.steering_projections)
+    if args.head_sites is not None:
+        env["STEER_SERVE_HEAD_SITES"] = str(args.head_sites).lower()
+    if args.expert_sites is not None:
+        env["STEER_SERVE_EXPERT_SITES"] = str(args.expert_sites).lower()
     if args.policy is not None:
         env["STEER_SERVE_POLICY_FILE"] = str(Path(args.policy).resolve())
     if args.probes is not None:
@@ -378,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--topk-clamp-saes", nargs="+", default=None, metavar="NAME",
                        help="TopK SAEs (names in --sae-dir) whose features may be clamped: each worker holds their "
                             "full encoders (d_in x d_sae each) and evaluates them at their layer every step")
+    serve.add_argument("--head-sites", action=argparse.BooleanOptionalAction, default=None,
+                       help="--no-head-sites: no head-scaling site on any layer (`heads` edits are 400s); an "
+                            "unsteered compiled step then calls one op per layer instead of two (default: installed)")
+    serve.add_argument("--expert-sites", action=argparse.BooleanOptionalAction, default=None,
+                       help="--no-expert-sites: no router site on MoE layers (`experts` edits are 400s; "
+                            "default: installed)")
     serve.add_argument("--policy", default=None,
                        help="steering policy YAML: per caller (--api-key, by sha256) what may be steered")
     serve.add_argument("--probes", default=None,

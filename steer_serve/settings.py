@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         [], description="TopK SAEs of the SAE library whose clamps the engine applies: each one's full encoder "
         "(d_in x d_sae) is held per worker and evaluated at its layer on every step under torch.compile"
     )
+    head_sites: bool = Field(
+        True, description="install the head-scaling site (attention output, before o_proj) on every layer; False: "
+        "`heads` edits are 400s, and an unsteered compiled step makes one op call per layer fewer")
+    expert_sites: bool = Field(
+        True, description="install the router site on every MoE layer; False: `experts` edits are 400s, and an "
+        "unsteered compiled step makes one op call per MoE layer fewer")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body accepted")
 
     experiments_dir: Path | None = Field(None, description="directory of experiment YAML files; None: no experiments")

@@ -118,6 +118,11 @@ EAGER = DENSE_KINDS + MOE_KINDS
 # The two TP ranks' OpenMP threads on the two cores (one each), as a TP=2 server on this machine has
 # them; under `make test` the other xdist worker's core is shared for the TP engine's ~1 min.
 TP2_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+# Compiled Mixtral started with --no-head-sites --no-expert-sites: the residual edits still equal HF,
+# every head and expert edit is a 400 naming the flag (nothing skipped silently).
+SITES_OFF = ("mixtral",)
+SITES_OFF_ENV = {"STEER_SERVE_HEAD_SITES": "false", "STEER_SERVE_EXPERT_SITES": "false"}
+SWITCHED_OFF = ("heads", "experts")
 
 
 # CI (`make test`) runs the matrix in process (harness/in_process_engine.py: vLLM's engine behind
@@ -134,6 +139,7 @@ COMPILED_CHECKS = {"gpt2": ("hf",), "mixtral": ("hf",), "gpt_oss": ("hf", "no-op
 def _in_process_runs() -> list:
     runs = [(kind, "compiled", check) for kind in COMPILED for check in COMPILED_CHECKS[kind]]
     runs += [(kind, "tp2", check) for kind in TP2 for check in ("hf", "no-op", "ranks")]
+    runs += [(kind, "sites-off", check) for kind in SITES_OFF for check in ("hf", "no-op")]
     runs += [(kind, "eager", check) for kind in EAGER for check in ("hf", "no-op")]
     return [pytest.param(*run) for run in runs]
 
@@ -143,6 +149,9 @@ def _cases_in(kind: str, mode: str) -> dict[str, tuple[dict, list]]:
     if mode in DOSE_MODES:
         return {DOSE: cases[DOSE]}
     cases.pop(DOSE)
+    if mode == "sites-off":
+        residual = {name: case for name, case in cases.items() if not any(s in name for s in SWITCHED_OFF)}
+        return residual | {"add": combine(add(V1, [1, 2], 0.4))}
     return cases if mode in ("eager", "tp2") else {name: case for name, case in cases.items() if name in COMBINED}
 
 
@@ -159,11 +168,11 @@ def engines(tiny_model, tmp_path_factory) -> OneAtATime:
         # HF first: vLLM's Transformers backend (GPT-NeoX, OLMo-2) rewrites HF's model classes in this process
         expected = expected_generations(HFReference(tiny_model(kind)), kind, mode)
         engine = InProcessEngine(tiny_model(kind), vector_dir,
-                                 compile_backend=COMPILE_BACKEND if mode == "compiled" else None,
+                                 compile_backend=COMPILE_BACKEND if mode in ("compiled", "sites-off") else None,
                                  attention_backend="CPU_MLA" if kind in MLA else None,
                                  custom_ops=MLA_CUSTOM_OPS if kind in MLA else (),
                                  tensor_parallel_size=2 if mode == "tp2" else 1,
-                                 env=TP2_ENV if mode == "tp2" else None)
+                                 env={"tp2": TP2_ENV, "sites-off": SITES_OFF_ENV}.get(mode))
         return engine, expected
 
     pool = OneAtATime(start, lambda value: value[0].close())
@@ -271,7 +280,7 @@ def _check(complete: Complete, expected: Expected, kind: str, mode: str, check: 
     if check == "hf":
         matches_hf_in_mixed_batch(complete, expected, kind, mode, record_property)
     else:
-        no_silent_no_op(complete, kind)
+        no_silent_no_op(complete, kind, mode)
 
 
 def ranks_merged(engine, kind: str) -> None:
@@ -342,15 +351,18 @@ def _probes(kind: str) -> dict[tuple[str, int], list[dict]]:
     return probes
 
 
-def _must_refuse(kind: str) -> set[tuple[str, int]]:
-    """What the engine cannot apply: experts on dense models and on DeepSeek's dense layers."""
+def _must_refuse(kind: str, mode: str) -> set[tuple[str, int]]:
+    """What the engine cannot apply: experts on dense models and on DeepSeek's dense layers; head and
+    expert edits anywhere on a server started without those sites."""
     expert_kinds = ("experts-disable", "experts-force")
+    if mode == "sites-off":
+        return {(edit, layer) for edit in ("heads", *expert_kinds) for layer in range(LAYERS)}
     if kind in DENSE_KINDS:
         return {(edit, layer) for edit in expert_kinds for layer in range(LAYERS)}
     return {(edit, layer) for edit in expert_kinds for layer in range(first_moe_layer(kind))}
 
 
-def no_silent_no_op(complete: Complete, kind: str) -> None:
+def no_silent_no_op(complete: Complete, kind: str, mode: str = "eager") -> None:
     """Every edit the API accepts changes the logprobs; every one it refuses is expected and named."""
     probes = _probes(kind)
     flat = [(key, spec) for key, specs in probes.items() for spec in specs]
@@ -361,13 +373,15 @@ def no_silent_no_op(complete: Complete, kind: str) -> None:
         if isinstance(outcome, Refusal):
             refused.add(key)
             assert f"layer {key[1]}" in outcome.message or "no Mixture-of-Experts" in outcome.message, outcome
+            if mode == "sites-off":
+                assert ("--no-head-sites" if key[0] == "heads" else "--no-expert-sites") in outcome.message, outcome
             continue
         accepted.add(key)
         if _worst(outcome, plain) > 1e-5:
             changed.add(key)
     assert accepted.isdisjoint(refused), f"{kind}: variants of one edit both accepted and refused"
     assert not accepted - changed, f"{kind}: accepted but no effect on the logprobs: {sorted(accepted - changed)}"
-    assert refused == _must_refuse(kind), f"{kind}: refused {sorted(refused)}"
+    assert refused == _must_refuse(kind, mode), f"{kind}/{mode}: refused {sorted(refused)}"
 
 
 def test_experts_on_a_dense_model_is_400(tiny_eager_server) -> None:

@@ -77,3 +77,19 @@ def test_steering_memory_flags_reach_the_engine_settings(monkeypatch) -> None:
     monkeypatch.setenv("STEER_SERVE_STEERING_PROJECTIONS", "17")
     with pytest.raises(ValueError, match="steering_projections"):
         Settings()
+
+
+def test_site_switches_reach_the_engine_settings(monkeypatch) -> None:
+    from steer_serve.settings import Settings
+
+    for name in ("STEER_SERVE_HEAD_SITES", "STEER_SERVE_EXPERT_SITES"):
+        monkeypatch.delenv(name, raising=False)
+    args, _ = _serve_args()
+    assert "STEER_SERVE_HEAD_SITES" not in serve_environment(args)
+    assert (Settings().head_sites, Settings().expert_sites) == (True, True)  # installed unless switched off
+    args, passthrough = _serve_args("--no-head-sites", "--no-expert-sites", "--enforce-eager")
+    env = serve_environment(args)
+    assert passthrough == ["--enforce-eager"]
+    for name in ("STEER_SERVE_HEAD_SITES", "STEER_SERVE_EXPERT_SITES"):
+        monkeypatch.setenv(name, env[name])
+    assert (Settings().head_sites, Settings().expert_sites) == (False, False)

@@ -6,7 +6,8 @@ and the inductor cache directory (`compilation/backends.py: VllmBackend.__call__
 hooks are in the compiled graph (as one opaque op per site; traced in, op by op, on DeepSeek-V3),
 and where traced, `max_dose` is a Python constant baked into it (the
 table shapes set by `steering_memory` / `steering_slots` / `steering_projections` / `observe_memory`
-are too, and so are the TopK encoders of `topk_clamp_saes`), but
+are too, and so are the TopK encoders of `topk_clamp_saes` and which sites `head_sites` /
+`expert_sites` install), but
 neither is part of the config, so a server restarted with another `--max-dose` (or without the
 plugin) would find the old graph under the same key. The general plugin therefore wraps
 `compute_hash` to mix in `graph_settings()`: a new setting gives a new key, the plugin's
@@ -35,6 +36,7 @@ def graph_settings() -> dict[str, Any]:
     return {"plugin": PLUGIN_NAME, "version": version("steer-serve"), "max_dose": settings.max_dose,
             "steering_memory": settings.steering_memory, "steering_slots": settings.steering_slots,
             "observe_memory": settings.observe_memory, "steering_projections": settings.steering_projections,
+            "head_sites": settings.head_sites, "expert_sites": settings.expert_sites,
             "topk_clamp_saes": {name: _file_digest(settings.sae_dir / name) for name in settings.topk_clamp_saes}}
 
 

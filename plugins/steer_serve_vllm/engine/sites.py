@@ -27,15 +27,29 @@ class ModelSites:
     first_head: int
 
 
+@dataclass(frozen=True)
+class SiteSwitches:
+    """Which optional sites the operator installs (`--no-head-sites`, `--no-expert-sites`). Each site
+    is one op call per layer on every compiled step, steered or not; one left out is refused
+    at request time with the flag named, never silently skipped."""
+
+    heads: bool = True
+    experts: bool = True
+
+
+HEADS_SWITCHED_OFF = "head sites are not installed on this server (--no-head-sites)"
+EXPERTS_SWITCHED_OFF = "expert sites are not installed on this server (--no-expert-sites)"
+
+
 def place_sites(adapter: Adapter, model: nn.Module, num_layers: int, num_heads: int,
-                tp_rank: int, tp_size: int) -> ModelSites:
+                tp_rank: int, tp_size: int, switches: SiteSwitches = SiteSwitches()) -> ModelSites:
     layers = get_path(model, adapter.layers_path)
     if not isinstance(layers, nn.ModuleList) or len(layers) != num_layers:
         found = "nothing" if layers is None else f"{type(layers).__name__} of {len(layers)}"
         raise RuntimeError(f"steer-serve: no ModuleList of {num_layers} decoder layers at "
                            f"{type(model).__name__}.{adapter.layers_path} ({found})")
     local_heads = num_heads // tp_size if num_heads % tp_size == 0 else 0
-    sites = [_layer_sites(adapter, layer, local_heads) for layer in layers]
+    sites = [_layer_sites(adapter, layer, local_heads, switches) for layer in layers]
     if any(s.router or s.experts_refused for s in sites):  # an MoE model: say why dense layers refuse
         sites = [s if s.router or s.experts_refused else
                  LayerSites(s.attention_out, s.heads_refused, None, "dense layer: its MLP has no router")
@@ -43,16 +57,20 @@ def place_sites(adapter: Adapter, model: nn.Module, num_layers: int, num_heads: 
     return ModelSites(adapter, layers, sites, local_heads, tp_rank * local_heads)
 
 
-def _layer_sites(adapter: Adapter, layer: nn.Module, local_heads: int) -> LayerSites:
+def _layer_sites(adapter: Adapter, layer: nn.Module, local_heads: int, switches: SiteSwitches) -> LayerSites:
     attention_out = get_path(layer, adapter.attention_out)
     heads_refused = None
     if attention_out is None:
         heads_refused = f"no attention output projection at {adapter.attention_out}"
     elif not local_heads:
         attention_out, heads_refused = None, "attention heads do not split evenly across tensor-parallel ranks"
+    elif not switches.heads:
+        attention_out, heads_refused = None, HEADS_SWITCHED_OFF
     runner = find_moe_runner(layer)
     if runner is None:
         return LayerSites(attention_out, heads_refused)
+    if not switches.experts:
+        return LayerSites(attention_out, heads_refused, None, EXPERTS_SWITCHED_OFF)
     site, refused = router_site(runner, _router_linear(layer))
     return LayerSites(attention_out, heads_refused, site, refused)
 

@@ -22,7 +22,7 @@ from steer_serve_vllm.engine.observe_hooks import install_observer_hooks
 from steer_serve_vllm.engine.observe_budget import observe_budget
 from steer_serve_vllm.engine.observer import Observer
 from steer_serve_vllm.engine.runtime import SteeringRuntime
-from steer_serve_vllm.engine.sites import ModelSites, capabilities, owned_layers, place_sites
+from steer_serve_vllm.engine.sites import ModelSites, SiteSwitches, capabilities, owned_layers, place_sites
 from steer_serve_vllm.engine.topk_encoders import TopKEncoders
 from steer_serve_vllm.names import CAPABILITIES_METHOD, OBSERVE_METHOD, STATS_METHOD
 
@@ -164,9 +164,10 @@ def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
 
     config = runner.model_config.hf_text_config
     adapter = adapter_for(getattr(runner.model_config.hf_config, "architectures", None))
-    model_sites = place_sites(adapter, runner.get_model(), config.num_hidden_layers, config.num_attention_heads,
-                              get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size())
     settings = Settings()  # the API server's environment is inherited by engine processes
+    model_sites = place_sites(adapter, runner.get_model(), config.num_hidden_layers, config.num_attention_heads,
+                              get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size(),
+                              SiteSwitches(heads=settings.head_sites, experts=settings.expert_sites))
     budget = budget_for(runner.vllm_config, settings)
     runtime = SteeringRuntime(_table_shape(config, model_sites), runner.max_num_reqs, runner.max_num_tokens,
                               runner.device, runner.model_config.dtype, budget)

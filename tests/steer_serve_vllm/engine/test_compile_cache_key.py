@@ -61,3 +61,14 @@ def test_the_steering_budget_changes_the_key(monkeypatch, vllm_config) -> None:
         monkeypatch.setenv("STEER_SERVE_STEERING_PROJECTIONS", projections)
         keys.add(_aot_key(vllm_config))
     assert len(keys) == 4
+
+
+def test_the_site_switches_change_the_key(monkeypatch, vllm_config) -> None:
+    """--no-head-sites / --no-expert-sites leave op calls out of the compiled graph."""
+    monkeypatch.delenv("STEER_SERVE_MAX_DOSE", raising=False)
+    keys = set()
+    for heads, experts in (("true", "true"), ("false", "true"), ("true", "false")):
+        monkeypatch.setenv("STEER_SERVE_HEAD_SITES", heads)
+        monkeypatch.setenv("STEER_SERVE_EXPERT_SITES", experts)
+        keys.add(_aot_key(vllm_config))
+    assert len(keys) == 3
