@@ -22,6 +22,18 @@ _MULTI_API_ENTRY = "steer_serve_vllm.api.multi_api_entry"  # vLLM's `serve` path
 DEFAULT_CPU_KVCACHE_GIB = "4"
 
 
+def take_positional_model(args: argparse.Namespace, passthrough: list[str]) -> list[str]:
+    """`steer-serve serve MODEL ...` as `vllm serve MODEL ...`: a leading word that is no flag's value
+    is the model (args.model is set, the rest returned). Passed on, vLLM's launcher would ignore it
+    and serve the default model instead."""
+    if not passthrough or passthrough[0].startswith("-"):
+        return passthrough
+    if args.model is not None:
+        raise ValueError(f"the model is given twice: --model {args.model} and {passthrough[0]}")
+    args.model = passthrough[0]
+    return passthrough[1:]
+
+
 def serve_command(args: argparse.Namespace, passthrough: list[str]) -> list[str]:
     """The vLLM server command line for these arguments (model resolved, flags passed on)."""
     if args.model is None:
@@ -93,6 +105,11 @@ def serve_environment(args: argparse.Namespace, passthrough: list[str] = ()) -> 
 
 
 def _run_serve(args: argparse.Namespace, passthrough: list[str]) -> int:
+    try:
+        passthrough = take_positional_model(args, passthrough)
+    except ValueError as exc:
+        print(f"steer-serve: {exc}", file=sys.stderr)
+        return 2
     if args.experiments_db is not None:
         from steer_serve.experiments.store import database_url
 
@@ -354,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="start the OpenAI-compatible server with per-request steering", allow_abbrev=False,
         description="Unrecognised flags (--dtype, --enforce-eager, --max-num-seqs, ...) go to vLLM.",
     )
-    serve.add_argument("--model", default=None, help=f"local HF model directory (default: {DEFAULT_MODEL_NAME})")
+    serve.add_argument("--model", default=None, help=f"local HF model directory (default: {DEFAULT_MODEL_NAME}); "
+                       "or give it first, as with `vllm serve MODEL`")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--vector-dir", default=None, help="steering vector library (default: configs/vectors)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from steer_serve.cli import build_parser, parse_layers, serve_command, serve_environment
+from steer_serve.cli import build_parser, parse_layers, serve_command, serve_environment, take_positional_model
 
 
 def _serve_args(*argv: str):
@@ -93,3 +93,26 @@ def test_site_switches_reach_the_engine_settings(monkeypatch) -> None:
     for name in ("STEER_SERVE_HEAD_SITES", "STEER_SERVE_EXPERT_SITES"):
         monkeypatch.setenv(name, env[name])
     assert (Settings().head_sites, Settings().expert_sites) == (False, False)
+
+
+def test_a_leading_model_is_the_model_as_in_vllm_serve() -> None:
+    """`steer-serve serve MODEL ...`: passed on, vLLM's launcher ignored the word and served the
+    default model. Flag values (`--dtype float32`) are never taken for it."""
+    args, passthrough = _serve_args("/models/tiny", "--dtype", "float32", "--enforce-eager")
+    passthrough = take_positional_model(args, passthrough)
+    command = serve_command(args, passthrough)
+    assert command[command.index("--model") + 1] == "/models/tiny"
+    assert "/models/tiny" not in command[command.index("--model") + 2:] and "--served-model-name" not in command
+    assert command[-3:] == ["--dtype", "float32", "--enforce-eager"]
+    args, passthrough = _serve_args("--dtype", "float32")
+    assert take_positional_model(args, passthrough) == ["--dtype", "float32"] and args.model is None
+    args, passthrough = _serve_args("--model", "/a", "/b")
+    with pytest.raises(ValueError, match="given twice"):
+        take_positional_model(args, passthrough)
+
+
+def test_a_model_given_twice_fails_before_vllm_starts(capsys) -> None:
+    from steer_serve.cli import main
+
+    assert main(["serve", "--model", "/a", "/b"]) == 2
+    assert "given twice" in capsys.readouterr().err
