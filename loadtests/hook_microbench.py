@@ -322,14 +322,16 @@ def bench_stack(dims: Dims, batches: tuple[int, ...], device: torch.device, dtyp
                 if name != "floor":
                     hooked.set_traffic(batch, int(name[1:]))
                 samples[name].append(paired_ratio(plain, variants[name], calls, sync))
+        def fastest_ms(fn: Callable[..., torch.Tensor]) -> float:  # the hook sites alone, fastest of many calls
+            sites = functools.partial(fn, *site_buffers(hidden))
+            return min(timed(sites, max(SITES_CALLS, calls_per_block(sites, sync, block_s)), sync)) * 1e3
+
         sites_ms = {}
-        for k in SITES_KS:  # the hook sites alone, fastest of many calls
+        for k in SITES_KS:
             hooked.set_traffic(batch, k)
-            sites = functools.partial(sites_fn, *site_buffers(hidden))
-            sites_ms[k] = min(timed(sites, max(SITES_CALLS, calls_per_block(sites, sync, block_s)), sync)) * 1e3
+            sites_ms[k] = fastest_ms(sites_fn)
         hooked.set_traffic(batch, 0)  # idle, layer-output sites only (--no-head-sites)
-        sites = functools.partial(residual_sites_fn, *site_buffers(hidden))
-        sites_ms["0_residual"] = min(timed(sites, max(SITES_CALLS, calls_per_block(sites, sync, block_s)), sync)) * 1e3
+        sites_ms["0_residual"] = fastest_ms(residual_sites_fn)
         rows.append(_row(dims, batch, samples, same, calls) | _sites_columns(sites_ms))
         print(json.dumps(rows[-1]), flush=True)
     return rows
