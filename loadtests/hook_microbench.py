@@ -56,6 +56,7 @@ from torch import nn
 from steer_serve.model_shape import ModelShape
 from steer_serve.request import wire_format
 from steer_serve.request.resolved_steering import LayerAddition, ResolvedSteering
+from steer_serve_vllm.engine import opaque_sites
 from steer_serve_vllm.engine.adapters.base import Adapter, LayerSites
 from steer_serve_vllm.engine.layer_hooks import install_hooks
 from steer_serve_vllm.engine.runtime import SteeringRuntime
@@ -172,8 +173,9 @@ class HookedStack:
         sites = [LayerSites(layer.self_attn.o_proj) for layer in self.layers]
         # as a compiled worker installs them: one opaque op per site, branching per step where no CUDA
         # graph replays a capture (CPU)
+        self.idle_skip = device.type == "cpu"
         install_hooks(ModelSites(ADAPTER, self.layers, sites, dims.heads, 0), self.runtime,
-                      skip_unused=device.type == "cpu", opaque=True)
+                      skip_unused=self.idle_skip, opaque=True)
         rng = np.random.default_rng(1)
         self.vectors = [rng.standard_normal((len(dims.steered()), dims.hidden)).astype(np.float32)
                         for _ in range(max(KS))]  # [K][S, D]
@@ -196,6 +198,8 @@ class HookedStack:
                 self.runtime.add_request(req_id, {wire_format.EXTRA_ARGS_KEY: payload})
         ones = np.ones(batch, dtype=np.int64)
         self.runtime.prepare_step(self._live, ones, ones * PROMPT_LEN, ones * PROMPT_LEN)
+        if self.idle_skip:  # as the worker does each step (engine/worker_patches.py; nobody observes here)
+            opaque_sites.set_step_idle(not self.runtime.kinds_in_step)
         return owners
 
 
@@ -207,7 +211,7 @@ def sites_alone(num_layers: int, heads: bool, attention: torch.Tensor, residual:
     attention, residual: [T, D] (the stand-in attention's output is D wide), edited in place."""
     for layer in range(num_layers):
         if heads:
-            torch.ops.steer_serve.row_edit(attention, "heads", layer)
+            torch.ops.steer_serve.head_scale(attention, layer)
         torch.ops.steer_serve.layer_output(residual, attention, layer)
     return residual
 

@@ -48,6 +48,8 @@ def install_hooks(model_sites: ModelSites, runtime: SteeringRuntime, max_dose: f
         lambda layer: runtime.tables.num_projections)
     pair = model_sites.adapter.stream == "pair"
     handles = []
+    if opaque:
+        opaque_sites.set_step_idle(False)
     for index, (layer, site) in enumerate(zip(model_sites.layers, model_sites.sites)):
         edit = _residual_edit(runtime, index, max_dose, needed, slots)
         if opaque:
@@ -95,9 +97,11 @@ def _layer_output_op(layer: int) -> LayerEdit:
 def _row_op(site: str, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """The site's row edit as a call of the opaque row op (in place): one node in a compiled graph."""
 
+    op = opaque_sites.ROW_OPS[site]
+
     def edit(rows: torch.Tensor) -> torch.Tensor:
         rows = _own(rows)
-        torch.ops.steer_serve.row_edit(rows, site, layer)
+        op(rows, layer)
         return rows
 
     return edit

@@ -21,6 +21,12 @@ in-place `Library` op 2.5 us, no copy when nothing is edited. Functionalization 
 into an `auto_functionalized` node and inductor's re-inplacing pass back into an in-place call, so
 the compiled graph allocates nothing for the site; an edited step copies its result into the input.
 
+Idle steps (nobody steers or observes) return from every op at its first line: where ops branch
+per step (CPU), the worker calls `set_step_idle` each step, so an idle call is the dispatch and one
+global read, not each site's own checks (30 layers x 2 sites at SmolLM2 batch 1: 121 -> ~95 us a step,
+loadtests/reports/hook-microbench). The head and router sites are separate ops for the same reason:
+a `str` argument costs ~0.2 us a call.
+
 Each op finds its site's function by layer index in this process's registry. vLLM runs one model
 per worker process, and the in-process test engines run one after another, so one engine's sites
 are registered at a time; a later install replaces an earlier one's.
@@ -40,7 +46,10 @@ RowEdit = Callable[[torch.Tensor], torch.Tensor]  # [T, N] -> [T, N]
 
 _STEER: dict[int, LayerEdit] = {}
 _OBSERVE: dict[int, LayerObserver] = {}
-_ROWS: dict[tuple[str, int], RowEdit] = {}  # (site, layer) -> its edit; sites: "heads", "router"
+_HEADS: dict[int, RowEdit] = {}
+_ROUTER: dict[int, RowEdit] = {}
+_ROW_EDITS = {"heads": _HEADS, "router": _ROUTER}
+_idle = False  # this step runs no site's edit: see set_step_idle
 
 
 def register_layer_edit(layer: int, edit: LayerEdit) -> None:
@@ -52,7 +61,17 @@ def register_layer_observer(layer: int, observe: LayerObserver) -> None:
 
 
 def register_row_edit(site: str, layer: int, edit: RowEdit) -> None:
-    _ROWS[site, layer] = edit
+    """site: "heads" scales each head's slice of the attention output before o_proj ([T, H*hd]);
+    "router" offsets the router logits to switch experts off or force them on ([T, E])."""
+    _ROW_EDITS[site][layer] = edit
+
+
+def set_step_idle(idle: bool) -> None:
+    """Whether the coming step's ops all return at once. Only engines whose ops branch per step call
+    it (CPU: no captured graph replays the ops' kernels); under CUDA graphs it stays False, so the
+    capture records every edit. A newly installed engine starts not idle (install_hooks)."""
+    global _idle
+    _idle = idle
 
 
 def _assign(target: torch.Tensor, result: torch.Tensor) -> None:
@@ -63,6 +82,8 @@ def _assign(target: torch.Tensor, result: torch.Tensor) -> None:
 
 def _layer_output(x: torch.Tensor, base: Optional[torch.Tensor], layer: int) -> None:
     """Decoder layer `layer`'s steering edit of x in place, then its observation; x: [T, D]."""
+    if _idle:
+        return
     steer = _STEER.get(layer)
     if steer is not None:
         _assign(x, steer(base, x))
@@ -71,18 +92,23 @@ def _layer_output(x: torch.Tensor, base: Optional[torch.Tensor], layer: int) -> 
         observe(base, x)
 
 
-def _row_edit(rows: torch.Tensor, site: str, layer: int) -> None:
-    """A per-token row edit in place at one site of layer `layer`: "heads" scales each head's slice
-    of the attention output before o_proj ([T, H*hd]); "router" offsets the router logits to switch
-    experts off or force them on ([T, E])."""
-    _assign(rows, _ROWS[site, layer](rows))
+def _head_scale(rows: torch.Tensor, layer: int) -> None:
+    if not _idle:
+        _assign(rows, _HEADS[layer](rows))
+
+
+def _router_bias(rows: torch.Tensor, layer: int) -> None:
+    if not _idle:
+        _assign(rows, _ROUTER[layer](rows))
 
 
 # Kept alive for the process: dropping a Library unregisters its ops.
 _LIBRARY = torch.library.Library("steer_serve", "DEF")
 _LIBRARY.define("layer_output(Tensor(a!) x, Tensor? base, int layer) -> ()")
-_LIBRARY.define("row_edit(Tensor(a!) rows, str site, int layer) -> ()")
 _LIBRARY.impl("layer_output", _layer_output, "CompositeExplicitAutograd")
-_LIBRARY.impl("row_edit", _row_edit, "CompositeExplicitAutograd")
 torch.library.register_fake("steer_serve::layer_output", lambda x, base, layer: None, lib=_LIBRARY)
-torch.library.register_fake("steer_serve::row_edit", lambda rows, site, layer: None, lib=_LIBRARY)
+for _name, _kernel in (("head_scale", _head_scale), ("router_bias", _router_bias)):
+    _LIBRARY.define(f"{_name}(Tensor(a!) rows, int layer) -> ()")
+    _LIBRARY.impl(_name, _kernel, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"steer_serve::{_name}", lambda rows, layer: None, lib=_LIBRARY)
+ROW_OPS = {"heads": torch.ops.steer_serve.head_scale, "router": torch.ops.steer_serve.router_bias}

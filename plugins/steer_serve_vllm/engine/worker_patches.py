@@ -15,6 +15,7 @@ from typing import Any, Callable
 from steer_serve.model_shape import ModelShape
 from steer_serve.request import observe_wire
 from steer_serve.settings import Settings
+from steer_serve_vllm.engine import opaque_sites
 from steer_serve_vllm.engine.adapters import adapter_for
 from steer_serve_vllm.engine.admission import budget_for
 from steer_serve_vllm.engine.layer_hooks import install_hooks, opaque_sites_work
@@ -31,6 +32,7 @@ logger = logging.getLogger(f"vllm.{__name__}")  # vLLM configures handlers for "
 _RUNTIME_ATTR = "_steer_serve_runtime"
 _SITES_ATTR = "_steer_serve_sites"
 _OBSERVER_ATTR = "_steer_serve_observer"
+_IDLE_SKIP_ATTR = "_steer_serve_idle_skip"  # the opaque ops may skip a whole idle step (compiled CPU)
 
 
 def apply_worker_patches() -> None:
@@ -186,6 +188,7 @@ def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
     setattr(runner, _OBSERVER_ATTR, observer)
     setattr(runner, _RUNTIME_ATTR, runtime)
     setattr(runner, _SITES_ATTR, model_sites)
+    setattr(runner, _IDLE_SKIP_ATTR, opaque and branch)
     logger.info("steer-serve: %s adapter, hooks on %d decoder layers (%d with expert edits), %d slots, "
                 "%d pool vectors, %d projections per layer, tables %.1f MiB, TopK encoders %s (%.1f MiB), "
                 "dose guardrail %s", adapter.name, len(model_sites.layers),
@@ -234,5 +237,8 @@ def _after_prepare_inputs(runner: Any, scheduler_output: Any, num_scheduled_toke
         batch.num_computed_tokens_cpu[:num_reqs],
         batch.num_prompt_tokens[:num_reqs],
     )
-    observer_of(runner).prepare_step(batch.req_ids[:num_reqs], num_scheduled_tokens[:num_reqs],
-                                     batch.num_computed_tokens_cpu[:num_reqs])
+    observer = observer_of(runner)
+    observer.prepare_step(batch.req_ids[:num_reqs], num_scheduled_tokens[:num_reqs],
+                          batch.num_computed_tokens_cpu[:num_reqs])
+    if getattr(runner, _IDLE_SKIP_ATTR, False):
+        opaque_sites.set_step_idle(not runtime.kinds_in_step and not observer.layers_in_step)

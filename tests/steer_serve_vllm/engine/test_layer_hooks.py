@@ -26,6 +26,7 @@ from steer_serve.request.resolved_steering import (
     LayerProjection,
     ResolvedSteering,
 )
+from steer_serve_vllm.engine import opaque_sites
 from steer_serve_vllm.engine.adapters.base import Adapter, LayerSites, RouterSite
 from steer_serve_vllm.engine.layer_hooks import install_hooks
 from steer_serve_vllm.engine.runtime import SteeringRuntime
@@ -389,7 +390,28 @@ def test_a_compiled_layer_holds_one_node_per_site_and_branches_per_step_inside_i
     ops = [node for node in graphs[0].graph.nodes if "steer_serve" in str(node.target)]
     assert len(graphs) == 1, "a new step's kinds must not retrace"
     assert sorted(str(node.target) for node in ops) == [
-        "steer_serve.layer_output", "steer_serve.row_edit", "steer_serve.row_edit"]
+        "steer_serve.head_scale", "steer_serve.layer_output", "steer_serve.router_bias"]
     traced = torch.compile(_Caller(layers[1]), backend=keep_graph, fullgraph=True, dynamic=False)
     traced(x)
     assert len(graphs[1].graph.nodes) > len(graphs[0].graph.nodes) + 40
+
+
+def test_an_idle_step_skips_every_op_and_a_new_install_starts_not_idle() -> None:
+    """`set_step_idle(True)` (the worker's call for a step nobody steers or observes) makes every op
+    return at once, so a steered token would go unedited: the flag must never outlive the step it
+    was set for into a new engine. install_hooks clears it."""
+    x = torch.randn(T, D, generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(0)
+    eager = FakeModel()
+    install_hooks(sites(eager.layers), _runtime(_every_kind()), skip_unused=True)
+    expected = _outputs(eager, x)
+    torch.manual_seed(0)
+    model = FakeModel()
+    install_hooks(sites(model.layers), _runtime(_every_kind()), skip_unused=True, opaque=True)
+    opaque_sites.set_step_idle(True)
+    skipped = _outputs(model, x)
+    assert not all(torch.equal(a, b) for a, b in zip(expected, skipped))
+    torch.manual_seed(0)
+    model = FakeModel()
+    install_hooks(sites(model.layers), _runtime(_every_kind()), skip_unused=True, opaque=True)
+    assert all(torch.equal(a, b) for a, b in zip(expected, _outputs(model, x)))

@@ -3,7 +3,8 @@
     graph_share.py PROFILE.txt [...]
 
 Per profile: the share of the compiled graph's samples on lines calling each of our ops
-(torch.ops.steer_serve.layer_output / row_edit), then per kind of wrapper line (our ops, vLLM's
+(torch.ops.steer_serve.layer_output, and the row sites: head_scale / router_bias, one
+row_edit op before 29 Nov), then per kind of wrapper line (our ops, vLLM's
 ops, inductor's fused C++ kernels, allocations, `del`, ...) its samples, how many such lines the
 graph's source holds, and samples per line: every line runs once per forward, so samples per line
 compares what one call of each kind costs inside the engine. Reads the graph's source from vLLM's
@@ -12,7 +13,7 @@ compile cache (run on the machine that made the profile).
 import collections, glob, re, sys
 
 KINDS = [("steer_serve.layer_output", r"torch\.ops\.steer_serve\.layer_output"),
-         ("steer_serve.row_edit", r"torch\.ops\.steer_serve\.row_edit"),
+         ("steer_serve row sites", r"torch\.ops\.steer_serve\.(row_edit|head_scale|router_bias)"),
          ("vllm op", r"torch\.ops\.(vllm|_C)"), ("extern mm", r"extern_kernels\."), ("cpp_fused", r"cpp_fused"),
          ("empty_strided", r"empty_strided"), ("aten op", r"aten\."), ("reinterpret", r"reinterpret_tensor"),
          ("del", r"^\s*del ")]
