@@ -99,6 +99,10 @@ WARMUP_CALLS = 3
 MIN_CALLS = 3
 SITES_KS = (0, 256)  # traffic whose hook sites are also timed alone
 SITES_CALLS = 50
+# Every compiled variant is a functools.partial, and dynamo keys its cache on the one code object
+# they share (torch's partial wrapper): 5 variants x (batch 1 specialised, the rest dynamic) x 2
+# stacks pass dynamo's default limit of 8, beyond which it runs the frame eagerly (a warning only).
+RECOMPILE_LIMIT = 64
 
 
 class SelfAttentionStandIn(nn.Module):
@@ -439,6 +443,7 @@ def main() -> None:
     repeats = args.repeats or plan["repeats"]
     if device.type == "cpu":
         pin(args.core)
+    torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
     for model in args.model or sorted(plan["stacks"]):
         dims, batches = plan["stacks"][model]
         started, load_before = time.monotonic(), os.getloadavg()[0]
