@@ -23,9 +23,10 @@ the compiled graph allocates nothing for the site; an edited step copies its res
 
 Idle steps (nobody steers or observes) return from every op at its first line: where ops branch
 per step (CPU), the worker calls `set_step_idle` each step, so an idle call is the dispatch and one
-global read, not each site's own checks (30 layers x 2 sites at SmolLM2 batch 1: 121 -> ~95 us a step,
+global read, not each site's own checks (30 layers x 2 sites at SmolLM2 batch 1: 121 -> 103 us a step,
 loadtests/reports/hook-microbench). The head and router sites are separate ops for the same reason:
-a `str` argument costs ~0.2 us a call.
+a `str` argument costs ~0.2 us a call. Inside a real CPU engine the call itself dominates (~11 us,
+loadtests/reports/default-model-idle-skip), so this shows in the microbenchmark, not end to end.
 
 Each op finds its site's function by layer index in this process's registry. vLLM runs one model
 per worker process, and the in-process test engines run one after another, so one engine's sites
