@@ -21,12 +21,13 @@ in-place `Library` op 2.5 us, no copy when nothing is edited. Functionalization 
 into an `auto_functionalized` node and inductor's re-inplacing pass back into an in-place call, so
 the compiled graph allocates nothing for the site; an edited step copies its result into the input.
 
-Idle steps (nobody steers or observes) return from every op at its first line: where ops branch
-per step (CPU), the worker calls `set_step_idle` each step, so an idle call is the dispatch and one
-global read, not each site's own checks (30 layers x 2 sites at SmolLM2 batch 1: 121 -> 103 us a step,
-loadtests/reports/hook-microbench). The head and router sites are separate ops for the same reason:
-a `str` argument costs ~0.2 us a call. Inside a real CPU engine the call itself dominates (~11 us,
-loadtests/reports/default-model-idle-skip), so this shows in the microbenchmark, not end to end.
+Idle steps (nobody steers or observes) return before the dispatcher: where ops branch per step
+(CPU), the worker calls `set_step_idle` each step, and each op's Python entry (`_return_when_idle`)
+then returns without calling the C++ operator at all. The dispatcher's round trip was the idle cost:
+~1.5 us a call in a loop, ~11 us inside a real CPU engine (loadtests/reports/default-model-idle-skip),
+where the first-line return inside the kernel, behind the dispatcher, had not helped. The kernels keep
+their own idle check for callers that dispatch in C++. The head and router sites are separate ops
+because a `str` argument costs ~0.2 us a call.
 
 Each op finds its site's function by layer index in this process's registry. vLLM runs one model
 per worker process, and the in-process test engines run one after another, so one engine's sites
@@ -103,13 +104,38 @@ def _router_bias(rows: torch.Tensor, layer: int) -> None:
         _assign(rows, _ROUTER[layer](rows))
 
 
+def _return_when_idle(overload: torch._ops.OpOverload) -> None:
+    """Make an idle call of `overload` return in Python, before the C++ dispatcher.
+
+    Inductor's Python wrapper calls each site as `torch.ops.steer_serve.<op>.default(...)`, i.e.
+    `OpOverload.__call__`, which calls `overload._op` (the C++ operator: argument parsing, boxing,
+    dispatch, then back into Python for our kernel). That round trip is the idle cost: 1.5 us a call
+    in a loop, ~11 us inside a real CPU engine whose caches the large kernels between sites have
+    evicted. Here `_op` becomes a Python function that returns at once when the step is idle and
+    otherwise calls the original operator, so a steered or observed step (and any tracing: dynamo
+    runs the op under fake tensors through the same `_op`) still goes through the dispatcher
+    unchanged; an idle call costs 0.28 us in a loop. Done when the op is first looked up, before
+    anything hashes it (`OpOverload.__hash__` hashes `_op`). Relies on torch's private
+    `OpOverload._op` (torch 2.13; recorded in the plugin's ledger)."""
+    dispatch = overload._op
+
+    def call(*args: object, **kwargs: object) -> object:
+        if _idle:
+            return None
+        return dispatch(*args, **kwargs)
+
+    overload._op = call
+
+
 # Kept alive for the process: dropping a Library unregisters its ops.
 _LIBRARY = torch.library.Library("steer_serve", "DEF")
 _LIBRARY.define("layer_output(Tensor(a!) x, Tensor? base, int layer) -> ()")
+_return_when_idle(torch.ops.steer_serve.layer_output.default)
 _LIBRARY.impl("layer_output", _layer_output, "CompositeExplicitAutograd")
 torch.library.register_fake("steer_serve::layer_output", lambda x, base, layer: None, lib=_LIBRARY)
 for _name, _kernel in (("head_scale", _head_scale), ("router_bias", _router_bias)):
     _LIBRARY.define(f"{_name}(Tensor(a!) rows, int layer) -> ()")
+    _return_when_idle(getattr(torch.ops.steer_serve, _name).default)
     _LIBRARY.impl(_name, _kernel, "CompositeExplicitAutograd")
     torch.library.register_fake(f"steer_serve::{_name}", lambda rows, layer: None, lib=_LIBRARY)
 ROW_OPS = {"heads": torch.ops.steer_serve.head_scale, "router": torch.ops.steer_serve.router_bias}

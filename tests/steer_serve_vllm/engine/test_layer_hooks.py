@@ -415,3 +415,22 @@ def test_an_idle_step_skips_every_op_and_a_new_install_starts_not_idle() -> None
     model = FakeModel()
     install_hooks(sites(model.layers), _runtime(_every_kind()), skip_unused=True, opaque=True)
     assert all(torch.equal(a, b) for a, b in zip(expected, _outputs(model, x)))
+
+
+def test_an_idle_call_returns_before_the_dispatcher_and_a_live_call_goes_through_it(monkeypatch) -> None:
+    """Inductor's Python wrapper and dynamo's fake-tensor pass call the ops as `OpOverload.__call__`,
+    with keyword arguments too. On an idle step the call returns in Python, before the dispatcher
+    parses its arguments (the idle cost is that round trip); otherwise the dispatcher runs as before:
+    it checks the schema, and the kernel edits the rows in place."""
+    op = torch.ops.steer_serve.head_scale.default
+    opaque_sites.set_step_idle(True)
+    try:
+        assert op(rows="not a tensor", layer=0) is None
+    finally:
+        opaque_sites.set_step_idle(False)
+    with pytest.raises(RuntimeError, match="Expected a value of type 'Tensor' for argument 'rows'"):
+        op(rows="not a tensor", layer=0)
+    monkeypatch.setitem(opaque_sites._HEADS, 999, lambda rows: rows * 2)
+    rows = torch.ones(2, 3)
+    op(rows=rows, layer=999)
+    assert torch.equal(rows, torch.full((2, 3), 2.0))
