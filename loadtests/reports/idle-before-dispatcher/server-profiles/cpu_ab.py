@@ -6,6 +6,11 @@ repository root with its venv:
 
     .venv/bin/python loadtests/reports/idle-before-dispatcher/server-profiles/cpu_ab.py cpu ROUNDS
     .venv/bin/python loadtests/reports/idle-before-dispatcher/server-profiles/cpu_ab.py profile OUT_DIR
+    .venv/bin/python loadtests/reports/idle-before-dispatcher/server-profiles/cpu_ab.py halves ROUNDS
+
+`halves`: served throughput of plain vLLM, of vLLM's own API server over steer-serve's engine half
+(hooks installed in the workers; the endpoint plugin kept out by switching off its guard in the API
+process, for this measurement only) and of steer-serve whole, alternated.
 
 The blocking profile (`plugin-blocking.txt.gz`) is the same for steer-serve alone, without --nonblocking.
 """
@@ -49,6 +54,12 @@ def cpu(proc):
 
 
 
+# vLLM's own API server; our general plugin hooks the workers, its endpoint half stays out
+ENGINE_HALF = ("import runpy, sys; import steer_serve_vllm.api.endpoint_guard as guard; "
+               "guard.guard_endpoint_plugin_loading = lambda: None; sys.argv[0] = 'api_server'; "
+               "runpy.run_module('vllm.entrypoints.openai.api_server', run_name='__main__')")
+
+
 def started(plugin):
     s = Server(model, logs, plugin=plugin, eager=False, kv_cache_bytes=2**30)
     s.wait_ready()
@@ -88,5 +99,53 @@ def profiles(out):
         s.stop()
 
 
+class EngineHalfServer:
+    """vLLM's own OpenAI server (`python -c ENGINE_HALF`) with the test servers' arguments."""
+
+    def __init__(self):
+        import os
+        import httpx
+        from harness.servers import REPO_ROOT, free_port
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = ["--model", str(model), "--port", str(self.port), "--host", "127.0.0.1", "--dtype", "float32",
+                "--max-model-len", "1024", "--max-num-seqs", "32", "--seed", "0", "--kv-cache-memory-bytes",
+                str(2**30)]
+        env = {k: v for k, v in os.environ.items() if k not in ("VLLM_PLUGINS", "VLLM_CPU_KVCACHE_SPACE")}
+        env |= {"HF_HUB_OFFLINE": "1", "VLLM_USE_V2_MODEL_RUNNER": "0"}
+        self.log = open(logs / f"engine-half-{self.port}.log", "w")
+        self.process = subprocess.Popen([sys.executable, "-c", ENGINE_HALF, *args], stdout=self.log,
+                                        stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            raise RuntimeError("engine-half server did not start")
+        load(self.url, 32, 99)  # warm-up
+
+    def stop(self):
+        self.process.terminate()
+        self.process.wait(60)
+
+
+def halves(rounds):
+    variants = [("plain", lambda: started(False)), ("engine-half", EngineHalfServer),
+                ("steer-serve", lambda: started(True))]
+    for rnd in range(rounds):
+        for name, start in (variants if rnd % 2 == 0 else variants[::-1]):
+            s = start()
+            t = time.perf_counter(); r = load(s.url, 128, rnd); wall = time.perf_counter() - t
+            print(json.dumps({"round": rnd, "variant": name, "wall_s": round(wall, 2),
+                              "tok_s": round(r["output_throughput"], 1),
+                              "tpot_p50": round(float(r["median_tpot_ms"]), 1)}), flush=True)
+            s.stop()
+
+
 if __name__ == "__main__":
-    cpu_rounds(int(sys.argv[2])) if sys.argv[1] == "cpu" else profiles(Path(sys.argv[2]))
+    mode, arg = sys.argv[1], sys.argv[2]
+    cpu_rounds(int(arg)) if mode == "cpu" else halves(int(arg)) if mode == "halves" else profiles(Path(arg))
