@@ -65,7 +65,7 @@ def running(plugin: bool, port: int, log: Path, eager: bool) -> Iterator[str]:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_ready(process, url, log)
+            wait_ready(process, url, log)
             print(f"{'steer-serve' if plugin else 'plain vLLM'} ready after {time.monotonic() - started:.0f} s",
                   flush=True)
             yield url
@@ -75,7 +75,7 @@ def running(plugin: bool, port: int, log: Path, eager: bool) -> Iterator[str]:
             shutil.rmtree(experiments, ignore_errors=True)
 
 
-def _wait_ready(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 900) -> None:
+def wait_ready(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 900) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:

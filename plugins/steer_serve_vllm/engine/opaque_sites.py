@@ -22,12 +22,13 @@ into an `auto_functionalized` node and inductor's re-inplacing pass back into an
 the compiled graph allocates nothing for the site; an edited step copies its result into the input.
 
 Idle steps (nobody steers or observes) return before the dispatcher: where ops branch per step
-(CPU), the worker calls `set_step_idle` each step, and each op's Python entry (`_return_when_idle`)
-then returns without calling the C++ operator at all. The dispatcher's round trip was the idle cost:
-~1.5 us a call in a loop, ~11 us inside a real CPU engine (loadtests/reports/default-model-idle-skip),
-where the first-line return inside the kernel, behind the dispatcher, had not helped. The kernels keep
-their own idle check for callers that dispatch in C++. The head and router sites are separate ops
-because a `str` argument costs ~0.2 us a call.
+(CPU), the worker calls `set_step_idle` each step, and the compiled graph's calls of each op's
+`.default` overload (`_return_when_idle`) then return without calling the C++ operator at all:
+~0.3 us a call in a loop instead of ~1.5 us, and in an in-process CPU engine the idle op lines fell
+from 0.38% to 0.07% of the graph (loadtests/reports/idle-before-dispatcher). The kernels keep their
+own idle check for calls through the packet (`torch.ops.steer_serve.layer_output(...)`, as the hooks
+call it uncompiled), which dispatch in C++. The head and router sites are separate ops because a
+`str` argument costs ~0.2 us a call.
 
 Each op finds its site's function by layer index in this process's registry. vLLM runs one model
 per worker process, and the in-process test engines run one after another, so one engine's sites
@@ -109,9 +110,8 @@ def _return_when_idle(overload: torch._ops.OpOverload) -> None:
 
     Inductor's Python wrapper calls each site as `torch.ops.steer_serve.<op>.default(...)`, i.e.
     `OpOverload.__call__`, which calls `overload._op` (the C++ operator: argument parsing, boxing,
-    dispatch, then back into Python for our kernel). That round trip is the idle cost: 1.5 us a call
-    in a loop, ~11 us inside a real CPU engine whose caches the large kernels between sites have
-    evicted. Here `_op` becomes a Python function that returns at once when the step is idle and
+    dispatch, then back into Python for our kernel): 1.5 us an idle call in a loop, for nothing.
+    Here `_op` becomes a Python function that returns at once when the step is idle and
     otherwise calls the original operator, so a steered or observed step (and any tracing: dynamo
     runs the op under fake tensors through the same `_op`) still goes through the dispatcher
     unchanged; an idle call costs 0.28 us in a loop. Done when the op is first looked up, before

@@ -104,8 +104,8 @@ class EngineHalfServer:
 
     def __init__(self):
         import os
-        import httpx
         from harness.servers import REPO_ROOT, free_port
+        from loadtests.scenario_pair import wait_ready
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = ["--model", str(model), "--port", str(self.port), "--host", "127.0.0.1", "--dtype", "float32",
@@ -113,19 +113,11 @@ class EngineHalfServer:
                 str(2**30)]
         env = {k: v for k, v in os.environ.items() if k not in ("VLLM_PLUGINS", "VLLM_CPU_KVCACHE_SPACE")}
         env |= {"HF_HUB_OFFLINE": "1", "VLLM_USE_V2_MODEL_RUNNER": "0"}
-        self.log = open(logs / f"engine-half-{self.port}.log", "w")
+        log = logs / f"engine-half-{self.port}.log"
+        self.log = open(log, "w")
         self.process = subprocess.Popen([sys.executable, "-c", ENGINE_HALF, *args], stdout=self.log,
                                         stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            raise RuntimeError("engine-half server did not start")
+        wait_ready(self.process, self.url, log, timeout_s=600)
         load(self.url, 32, 99)  # warm-up
 
     def stop(self):
