@@ -194,6 +194,12 @@ LEDGER: tuple[LedgerRecord, ...] = (
     _engine("wrap", _RUNNER, "GPUModelRunner._prepare_inputs",
             "build the token -> table-row index in the forward's final token order each step",
             "vLLM exposes per-step token metadata to plugins (as it does for LoRA's token mapping)", _PATCHES),
+    _engine("wrap", _RUNNER, "GPUModelRunner.execute_model",
+            "on CPU, run each step inside a ~33 KiB Python frame (engine/frame_headroom.py): the compiled graph's "
+            "Python wrapper then has ~30 KiB of CPython frame stack above it, and its hundreds of op calls a step do "
+            "not each map and unmap a stack chunk (served: 3,300 -> ~400 page faults a second)",
+            "CPython keeps a spare frame-stack chunk instead of unmapping it, or vLLM runs the step in such a frame",
+            "engine/frame_headroom.py"),
     _engine("replace", "torch._ops", "OpOverload._op",
             "a torch internal, not vLLM's: our three site ops' `_op` (what `OpOverload.__call__` calls, and what "
             "inductor's Python wrapper reaches as torch.ops.steer_serve.<op>.default) becomes a function that "

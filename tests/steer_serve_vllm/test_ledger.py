@@ -77,7 +77,7 @@ def test_wrappers_are_installed_once() -> None:
         guard_endpoint_plugin_loading()
         salt_compile_cache_key()
     wraps = [r for r in LEDGER if r.how == "wrap" and r.target.path != "AsyncLLM.shutdown"]
-    assert len(wraps) == 9
+    assert len(wraps) == 10
     for record in wraps:
         owner, name = _owner_and_name(record.target)
         wrapper = vars(owner)[name] if inspect.isclass(owner) else getattr(owner, name)

@@ -1,9 +1,10 @@
-"""Patches applied in worker processes: wrap four model-runner methods of vLLM 0.32, and add
-two methods to the worker class (the engine stats route, the capability handshake).
+"""Patches applied in worker processes: wrap five model-runner methods of vLLM 0.32, and add
+three methods to the worker class (the engine stats route, the capability handshake, observations).
 
 `steer_serve_vllm.ledger` lists every vLLM symbol we touch. Each wrapper
 calls the original first and adds our bookkeeping after it; none changes vLLM's behaviour for
-requests without steering beyond one cheap index copy per step.
+requests without steering beyond one cheap index copy per step. `execute_model` is wrapped around,
+not after: on CPU it runs inside `frame_headroom.call_with_headroom` (why: that module).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from steer_serve.request import observe_wire
 from steer_serve.settings import Settings
 from steer_serve_vllm.engine import opaque_sites
 from steer_serve_vllm.engine.adapters import adapter_for
+from steer_serve_vllm.engine.frame_headroom import call_with_headroom
 from steer_serve_vllm.engine.admission import budget_for
 from steer_serve_vllm.engine.layer_hooks import install_hooks, opaque_sites_work
 from steer_serve_vllm.engine.observe_hooks import install_observer_hooks
@@ -33,6 +35,7 @@ _RUNTIME_ATTR = "_steer_serve_runtime"
 _SITES_ATTR = "_steer_serve_sites"
 _OBSERVER_ATTR = "_steer_serve_observer"
 _IDLE_SKIP_ATTR = "_steer_serve_idle_skip"  # the opaque ops may skip a whole idle step (compiled CPU)
+_HEADROOM_ATTR = "_steer_serve_headroom"  # execute_model runs inside call_with_headroom (CPU)
 
 
 def apply_worker_patches() -> None:
@@ -55,6 +58,7 @@ def apply_worker_patches() -> None:
         ("_on_request_state_removed", _after_request_removed),
         ("_prepare_inputs", _after_prepare_inputs),
     )]
+    patched.append(_run_with_headroom(runner_cls))
     patched.append(_add_worker_method(STATS_METHOD, worker_stats))
     patched.append(_add_worker_method(CAPABILITIES_METHOD, worker_capabilities))
     patched.append(_add_worker_method(OBSERVE_METHOD, worker_observation))
@@ -150,6 +154,22 @@ def _wrap(cls: type, name: str, after: Callable[..., None]) -> str:
     return f"{cls.__name__}.{name}"
 
 
+def _run_with_headroom(cls: type) -> str:
+    """Wrap `execute_model`: a runner marked in `_after_load_model` (CPU) runs each step inside
+    call_with_headroom, where the compiled graph's op calls do not map a stack chunk each."""
+    original = vars(cls)["execute_model"]
+
+    @functools.wraps(original)
+    def execute_model(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, _HEADROOM_ATTR, False):
+            return call_with_headroom(original, self, *args, **kwargs)
+        return original(self, *args, **kwargs)
+
+    execute_model.steer_serve_wrapper = True  # type: ignore[attr-defined]
+    cls.execute_model = execute_model
+    return f"{cls.__name__}.execute_model"
+
+
 def runtime_of(runner: Any) -> SteeringRuntime | None:
     return getattr(runner, _RUNTIME_ATTR, None)
 
@@ -189,6 +209,7 @@ def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
     setattr(runner, _RUNTIME_ATTR, runtime)
     setattr(runner, _SITES_ATTR, model_sites)
     setattr(runner, _IDLE_SKIP_ATTR, opaque and branch)
+    setattr(runner, _HEADROOM_ATTR, runner.device.type == "cpu")  # measured on CPU only
     logger.info("steer-serve: %s adapter, hooks on %d decoder layers (%d with expert edits), %d slots, "
                 "%d pool vectors, %d projections per layer, tables %.1f MiB, TopK encoders %s (%.1f MiB), "
                 "dose guardrail %s", adapter.name, len(model_sites.layers),
