@@ -197,7 +197,7 @@ LEDGER: tuple[LedgerRecord, ...] = (
     _engine("wrap", _RUNNER, "GPUModelRunner.execute_model",
             "on CPU, run each step inside a ~33 KiB Python frame (engine/frame_headroom.py): the compiled graph's "
             "Python wrapper then has ~30 KiB of CPython frame stack above it, and its hundreds of op calls a step do "
-            "not each map and unmap a stack chunk (served: 3,300 -> ~400 page faults a second)",
+            "not each map and unmap a stack chunk (served: 3,300 -> ~180 page faults a second)",
             "CPython keeps a spare frame-stack chunk instead of unmapping it, or vLLM runs the step in such a frame",
             "engine/frame_headroom.py"),
     _engine("replace", "torch._ops", "OpOverload._op",

@@ -18,8 +18,8 @@ from steer_serve.request import observe_wire
 from steer_serve.settings import Settings
 from steer_serve_vllm.engine import opaque_sites
 from steer_serve_vllm.engine.adapters import adapter_for
-from steer_serve_vllm.engine.frame_headroom import call_with_headroom
 from steer_serve_vllm.engine.admission import budget_for
+from steer_serve_vllm.engine.frame_headroom import call_with_headroom
 from steer_serve_vllm.engine.layer_hooks import install_hooks, opaque_sites_work
 from steer_serve_vllm.engine.observe_hooks import install_observer_hooks
 from steer_serve_vllm.engine.observe_budget import observe_budget
@@ -35,7 +35,6 @@ _RUNTIME_ATTR = "_steer_serve_runtime"
 _SITES_ATTR = "_steer_serve_sites"
 _OBSERVER_ATTR = "_steer_serve_observer"
 _IDLE_SKIP_ATTR = "_steer_serve_idle_skip"  # the opaque ops may skip a whole idle step (compiled CPU)
-_HEADROOM_ATTR = "_steer_serve_headroom"  # execute_model runs inside call_with_headroom (CPU)
 
 
 def apply_worker_patches() -> None:
@@ -155,13 +154,13 @@ def _wrap(cls: type, name: str, after: Callable[..., None]) -> str:
 
 
 def _run_with_headroom(cls: type) -> str:
-    """Wrap `execute_model`: a runner marked in `_after_load_model` (CPU) runs each step inside
+    """Wrap `execute_model`: a CPU runner (the only device measured) runs each step inside
     call_with_headroom, where the compiled graph's op calls do not map a stack chunk each."""
     original = vars(cls)["execute_model"]
 
     @functools.wraps(original)
     def execute_model(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if getattr(self, _HEADROOM_ATTR, False):
+        if self.device.type == "cpu":
             return call_with_headroom(original, self, *args, **kwargs)
         return original(self, *args, **kwargs)
 
@@ -209,7 +208,6 @@ def _after_load_model(runner: Any, *args: Any, **kwargs: Any) -> None:
     setattr(runner, _RUNTIME_ATTR, runtime)
     setattr(runner, _SITES_ATTR, model_sites)
     setattr(runner, _IDLE_SKIP_ATTR, opaque and branch)
-    setattr(runner, _HEADROOM_ATTR, runner.device.type == "cpu")  # measured on CPU only
     logger.info("steer-serve: %s adapter, hooks on %d decoder layers (%d with expert edits), %d slots, "
                 "%d pool vectors, %d projections per layer, tables %.1f MiB, TopK encoders %s (%.1f MiB), "
                 "dose guardrail %s", adapter.name, len(model_sites.layers),
